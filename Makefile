@@ -1,0 +1,78 @@
+# xen-block-hotplug: build, install, test, demo.
+#
+#   make                 release build
+#   make install         binary + script symlinks (DESTDIR, PREFIX, XEN_SCRIPT_DIR, OS)
+#   make uninstall       undo make install (restores saved upstream scripts)
+#   make test            install test prerequisites, then lints, cargo tests and bats tests
+#   make demo            a private oxenstored, an image file, block add, block remove
+#   make e2e             real Xen + dom0 under qemu (TCG), attaching disks through us
+#   make bench           speed and memory against Debian's upstream scripts
+
+OS ?= $(shell uname -s)
+PREFIX ?= /usr
+LIBEXECDIR ?= $(PREFIX)/libexec/xen-block-hotplug
+XEN_SCRIPT_DIR ?= $(shell cat hotplug/$(OS)/script-dir 2>/dev/null)
+LINKS := $(shell cat hotplug/$(OS)/links 2>/dev/null)
+CARGO ?= cargo
+BIN := target/release/xen-block-hotplug
+
+.PHONY: all build install uninstall test test-deps lint cargo-test bats demo e2e bench clean
+
+all: build
+
+build:
+	XEN_SCRIPT_DIR=$(XEN_SCRIPT_DIR) $(CARGO) build --release --locked
+
+install: build
+	@test -n "$(XEN_SCRIPT_DIR)" || { echo "unknown OS '$(OS)': no hotplug/$(OS)/script-dir" >&2; exit 1; }
+	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XEN_SCRIPT_DIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(LIBEXECDIR)/xen-block-hotplug
+	@set -e; for n in $(LINKS); do \
+	    t=$(DESTDIR)$(XEN_SCRIPT_DIR)/$$n; \
+	    if [ -f "$$t" ] && [ ! -L "$$t" ]; then mv "$$t" "$$t.upstream"; echo "saved $$t as $$t.upstream"; fi; \
+	    ln -sfn $(LIBEXECDIR)/xen-block-hotplug "$$t"; echo "linked $$t"; \
+	done
+	@if [ -f hotplug/$(OS)/install-extra ]; then sh hotplug/$(OS)/install-extra "$(DESTDIR)" "$(XEN_SCRIPT_DIR)"; fi
+
+uninstall:
+	@set -e; for n in $(LINKS); do \
+	    t=$(DESTDIR)$(XEN_SCRIPT_DIR)/$$n; \
+	    if [ -L "$$t" ]; then rm -f "$$t"; fi; \
+	    if [ -f "$$t.upstream" ]; then mv "$$t.upstream" "$$t"; echo "restored $$t"; fi; \
+	done
+	rm -f $(DESTDIR)$(LIBEXECDIR)/xen-block-hotplug
+	-rmdir $(DESTDIR)$(LIBEXECDIR) 2>/dev/null
+
+test-deps:
+	tests/support/install-deps
+
+lint: test-deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	@if [ -x tests/support/cross-check ]; then tests/support/cross-check; fi
+
+cargo-test: test-deps
+	$(CARGO) test --locked -- --test-threads=4
+
+bats: test-deps
+	$(CARGO) build --locked
+	bats --print-output-on-failure tests/bats
+
+test: lint cargo-test bats
+
+demo:
+	tests/support/install-deps --demo
+	$(CARGO) build --release --locked
+	tests/support/demo $(BIN)
+
+e2e:
+	$(MAKE) install DESTDIR=$(CURDIR)/target/e2e-install OS=Linux
+	tests/e2e/run.sh --install-tree $(CURDIR)/target/e2e-install
+
+bench:
+	tests/support/install-deps
+	$(CARGO) build --release --locked
+	bench/run
+
+clean:
+	$(CARGO) clean

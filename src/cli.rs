@@ -1,0 +1,164 @@
+//! Entry point: personality from argv[0], the invocation, reporting, panics.
+
+use std::ffi::OsString;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::{Parser, ValueEnum};
+
+use crate::backend::Backend;
+use crate::invocation::{LinuxEnv, Request};
+use crate::log;
+use crate::os;
+use crate::script::Script;
+use crate::xs::XenStore;
+
+/// The scripts this binary can be, chosen by the exact basename it is run as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Personality {
+    /// Block devices and image files (loop devices).
+    Block,
+    /// iSCSI LUNs.
+    #[value(name = "block-iscsi")]
+    Iscsi,
+    /// NBD exports.
+    #[value(name = "block-nbd")]
+    Nbd,
+    /// DRBD resources.
+    #[value(name = "block-drbd")]
+    Drbd,
+}
+
+impl Personality {
+    pub fn from_name(name: &str) -> Option<Personality> {
+        Personality::from_str(name, false).ok()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Personality::Block => "block",
+            Personality::Iscsi => "block-iscsi",
+            Personality::Nbd => "block-nbd",
+            Personality::Drbd => "block-drbd",
+        }
+    }
+}
+
+/// Xen block hotplug scripts in one binary. libxl runs it through the symlinks `block`,
+/// `block-iscsi`, `block-nbd` and `block-drbd` in the Xen script directory; it can also be
+/// run as `xen-block-hotplug <script> <arguments>`.
+#[derive(Parser, Debug)]
+#[command(name = "xen-block-hotplug", version, about, long_about = None)]
+struct Cli {
+    /// Which script to run.
+    #[arg(value_enum)]
+    script: Personality,
+    /// The script's arguments, as libxl passes them (Linux: `add` or `remove`, with
+    /// XENBUS_PATH in the environment).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+pub fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let argv0 = argv
+        .first()
+        .cloned()
+        .unwrap_or_else(|| OsString::from("block"));
+    let argv0 = argv0.to_string_lossy().into_owned();
+    let base = Path::new(&argv0)
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (personality, invoked, args) = match Personality::from_name(&base) {
+        Some(p) => (p, argv0, argv[1..].to_vec()),
+        None => {
+            let cli = Cli::parse();
+            let invoked = format!(
+                "{}/{}",
+                crate::script::DEFAULT_SCRIPT_DIR,
+                cli.script.name()
+            );
+            (cli.script, invoked, cli.args)
+        }
+    };
+    log::init(&invoked);
+    log::redirect_stderr();
+    let script = Script::new(invoked, args);
+    run(personality, &script)
+}
+
+fn run(personality: Personality, script: &Script) -> ExitCode {
+    let args: Vec<String> = match script
+        .args
+        .iter()
+        .map(|a| a.clone().into_string())
+        .collect()
+    {
+        Ok(a) => a,
+        Err(bad) => {
+            log::err(&format!("argument {bad:?} is not valid UTF-8"));
+            return ExitCode::from(1);
+        }
+    };
+    let env = LinuxEnv {
+        xenbus_path: std::env::var("XENBUS_PATH").ok(),
+        xenbus_type: std::env::var("XENBUS_TYPE").ok(),
+        xenbus_base_path: std::env::var("XENBUS_BASE_PATH").ok(),
+    };
+    log::debug(&format!(
+        "{} XENBUS_PATH={}",
+        args.join(" "),
+        env.xenbus_path.as_deref().unwrap_or("")
+    ));
+    let (action, backend) = match os::parse_invocation(&args, &env) {
+        Ok(Request::Run { action, backend }) => (action, backend),
+        Ok(Request::Nothing { state }) => {
+            log::debug(&format!("nothing to do for state {state}"));
+            return ExitCode::SUCCESS;
+        }
+        Err(usage) => {
+            match usage.backend {
+                Some(path) => match XenStore::open() {
+                    Ok(store) => Backend::new(&store, path).report_failure(&anyhow!(usage.message)),
+                    Err(e) => log::err(&format!("{}; and {e:#}", usage.message)),
+                },
+                None => log::err(&usage.message),
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let store = match XenStore::open() {
+        Ok(s) => s,
+        Err(e) => {
+            log::err(&format!("{e:#}"));
+            return ExitCode::from(1);
+        }
+    };
+    let be = Backend::new(&store, backend);
+    let result = panic::catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+        match personality {
+            Personality::Block => os::block(action, &be, script),
+            other => Err(anyhow!(
+                "{} is not supported yet by xen-block-hotplug",
+                other.name()
+            )),
+        }
+    }));
+    let err = match result {
+        Ok(Ok(())) => return ExitCode::SUCCESS,
+        Ok(Err(e)) => e,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            anyhow!("internal error (panic): {what}")
+        }
+    };
+    be.report_failure(&err);
+    ExitCode::from(1)
+}

@@ -1,0 +1,18 @@
+//! xen-block-hotplug: Xen's block hotplug scripts as one careful, fast binary.
+//!
+//! The binary is `src/main.rs`; this library holds everything so tests and fuzz targets
+//! can reach the parsers.
+
+pub mod backend;
+pub mod cli;
+pub mod devnum;
+pub mod invocation;
+pub mod lock;
+pub mod log;
+pub mod mode;
+pub mod mountinfo;
+pub mod os;
+pub mod script;
+pub mod sharing;
+pub mod state;
+pub mod xs;

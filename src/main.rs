@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    xen_block_hotplug::cli::main()
+}

@@ -1,0 +1,407 @@
+//! Linux dom0: the `block` script proper (interface doc §4.2), phy and file backends.
+
+pub mod loopdev;
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::backend::{Backend, busy};
+use crate::devnum::DevNum;
+use crate::invocation::{self, Action, LinuxEnv, Request, UsageError};
+use crate::lock::Lock;
+use crate::log;
+use crate::mode::Mode;
+use crate::script::{self, Script};
+use crate::sharing::{self, Scan};
+use crate::state::{self, Record};
+
+use loopdev::{Attached, Detach, split_dev};
+
+pub fn parse_invocation(args: &[String], env: &LinuxEnv) -> Result<Request, UsageError> {
+    invocation::parse_linux(args, env)
+}
+
+pub fn stat_block_device(path: &str) -> Option<DevNum> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    meta.file_type()
+        .is_block_device()
+        .then(|| split_dev(meta.rdev()))
+}
+
+pub fn parse_physical_device(value: &str) -> Option<DevNum> {
+    DevNum::parse_linux_hex(value)
+}
+
+pub fn format_physical_device(dev: DevNum) -> String {
+    dev.to_linux_hex()
+}
+
+pub fn block(action: Action, be: &Backend, script: &Script) -> Result<()> {
+    match action {
+        Action::Add => add(be, script),
+        Action::Remove => remove(be, script),
+    }
+}
+
+/// `params` opened once, without side effects (`O_PATH`: no device open, no FIFO block,
+/// no automount), with every later decision taken from this fd.
+enum Target {
+    Block {
+        fd: File,
+        path: String,
+        rdev: DevNum,
+    },
+    File {
+        fd: File,
+        path: String,
+        meta: Metadata,
+    },
+    Other {
+        what: String,
+    },
+}
+
+/// Upstream `expand_dev`: a relative name means `/dev/<name>`.
+fn expand(params: &str) -> String {
+    if params.starts_with('/') {
+        params.to_string()
+    } else {
+        format!("/dev/{params}")
+    }
+}
+
+fn open_target(params: &str) -> Result<Target> {
+    let path = expand(params);
+    if path.contains('\0') {
+        bail!("params {params:?} contains a NUL byte");
+    }
+    let fd = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOCTTY)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            let what = match e.raw_os_error() {
+                Some(nix::libc::ENOENT) => "a path that does not exist".to_string(),
+                Some(nix::libc::ELOOP) => "a symbolic link loop".to_string(),
+                Some(nix::libc::ENOTDIR) => {
+                    "a path through something that is not a directory".to_string()
+                }
+                _ => return Err(e).with_context(|| format!("cannot open params {path:?}")),
+            };
+            return Ok(Target::Other {
+                what: format!("{what} ({path})"),
+            });
+        }
+    };
+    let meta = fd
+        .metadata()
+        .with_context(|| format!("cannot stat {path}"))?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_string))
+        .unwrap_or_else(|| path.clone());
+    let ft = meta.file_type();
+    Ok(if ft.is_block_device() {
+        Target::Block {
+            fd,
+            path: real,
+            rdev: split_dev(meta.rdev()),
+        }
+    } else if ft.is_file() {
+        Target::File {
+            fd,
+            path: real,
+            meta,
+        }
+    } else {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        Target::Other {
+            what: format!("{kind} ({real})"),
+        }
+    })
+}
+
+/// Re-opens an `O_PATH` fd for real, on the very same inode.
+fn reopen(fd: &File, write: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn add(be: &Backend, script: &Script) -> Result<()> {
+    if let Some(pd) = be.read("physical-device")? {
+        log::debug(&format!(
+            "{} already has physical-device {pd}: called twice, nothing to do",
+            be.path.path
+        ));
+        return Ok(());
+    }
+    let params = be.require("params")?;
+    let mode = be.require("mode")?;
+    let ty = be.read("type")?;
+    let target = open_target(&params)?;
+    if let Target::Other { what } = &target {
+        return match script.helper_for(ty.as_deref()) {
+            Some(helper) => Err(script.exec(&helper)),
+            None => script::no_helper(&params, what, ty.as_deref()),
+        };
+    }
+    let mode = Mode::parse_request(&mode)
+        .with_context(|| format!("backend node {}", be.path.node("mode")))?;
+    let fe = be.require("frontend-id")?;
+    let frontend_id: u32 = fe.parse().map_err(|_| {
+        anyhow!(
+            "backend node {} is not a domain id: {fe:?}",
+            be.path.node("frontend-id")
+        )
+    })?;
+    let frontend_uuid = be
+        .store
+        .read(&format!("/local/domain/{frontend_id}/vm"))?
+        .unwrap_or_else(|| "unknown".to_string());
+    let scan = Scan {
+        store: be.store,
+        me: &be.path,
+        frontend_id,
+        frontend_uuid,
+        mode,
+    };
+    match target {
+        Target::Block { fd, path, rdev } => add_phy(be, &scan, &fd, &path, rdev),
+        Target::File { fd, path, meta } => add_file(be, &scan, &fd, &path, &meta),
+        Target::Other { .. } => Ok(()),
+    }
+}
+
+fn add_phy(be: &Backend, scan: &Scan, fd: &File, path: &str, rdev: DevNum) -> Result<()> {
+    // Opened read-only and non-blocking only to ask for the disk sequence number.
+    let seq = reopen(fd, false).ok().and_then(|f| loopdev::diskseq(&f));
+    let lock = Lock::claim("block")?;
+    if scan.mode != Mode::Force
+        && let Some(h) = scan.check(&[rdev])?
+    {
+        return Err(busy(sharing::busy_message(
+            &format!("Device {path}"),
+            scan.mode,
+            &h,
+        )));
+    }
+    be.write_dev(None, path, rdev, seq)?;
+    log::debug(&format!(
+        "block lock held for {} us",
+        lock.held_for().as_micros()
+    ));
+    Ok(())
+}
+
+fn read_only_file(path: &str) -> anyhow::Error {
+    busy(format!(
+        "File {path} is read-only, and so I will not\nmount it read-write in a guest domain."
+    ))
+}
+
+fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -> Result<()> {
+    let lock = Lock::claim("block")?;
+    // Avoid racing a remove: libxl waits for InitWait (2) before running us.
+    let state = be.read("state")?;
+    if state.as_deref() != Some("2") {
+        bail!(
+            "Path closed or removed during hotplug add: {} state: {}",
+            be.path.path,
+            state.as_deref().unwrap_or("unknown")
+        );
+    }
+    if scan.mode == Mode::Write && meta.mode() & 0o222 == 0 {
+        return Err(read_only_file(path));
+    }
+    let backing = match reopen(fd, scan.mode.writable()) {
+        Ok(f) => f,
+        Err(e)
+            if scan.mode.writable()
+                && matches!(
+                    e.raw_os_error(),
+                    Some(
+                        nix::libc::EROFS
+                            | nix::libc::EACCES
+                            | nix::libc::EPERM
+                            | nix::libc::ETXTBSY
+                    )
+                ) =>
+        {
+            return Err(read_only_file(path).context(e.to_string()));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open {path}")),
+    };
+    let bdev = split_dev(meta.dev());
+    if scan.mode != Mode::Force {
+        let loops = loopdev::loops_backed_by(bdev, meta.ino())?;
+        let cands: Vec<DevNum> = loops.iter().map(|(_, d)| *d).collect();
+        if let Some(h) = scan.check(&cands)? {
+            let via = loops
+                .iter()
+                .find(|(_, d)| *d == h.dev())
+                .map(|(p, d)| format!("{p} ({d})"))
+                .unwrap_or_else(|| h.dev().to_string());
+            let what = format!("File {path} is loopback-mounted through {via},\nwhich");
+            return Err(busy(sharing::busy_message(&what, scan.mode, &h)));
+        }
+    }
+
+    let key = be.path.state_key();
+    let mut rec = Record::default();
+    rec.set("kind", "loop")
+        .set("backend", be.path.path.as_str())
+        .set("params", path)
+        .set("backing", format!("{}:{}", bdev, meta.ino()));
+    let (attached, loopfd) =
+        loopdev::attach(&backing, path, scan.mode == Mode::Read, |node, rdev| {
+            rec.set("node", node).set("rdev", rdev.to_string());
+            state::save(&key, &rec)
+        })
+        .inspect_err(|_| {
+            let _ = state::delete(&key);
+        })?;
+    let undo = |e: anyhow::Error| -> anyhow::Error {
+        if let Err(d) = loopdev::detach_fd(&loopfd) {
+            log::err(&format!(
+                "could not undo attach of {}: {d:#}",
+                attached.path
+            ));
+            return e;
+        }
+        let _ = state::delete(&key);
+        e
+    };
+    if let Some(seq) = attached.diskseq {
+        rec.set("diskseq", format!("{seq:x}"));
+    }
+    state::save(&key, &rec).map_err(undo)?;
+    be.write_dev(
+        Some(&attached.path),
+        &attached.path,
+        attached.rdev,
+        attached.diskseq,
+    )
+    .map_err(undo)?;
+    log::debug(&format!(
+        "block lock held for {} us",
+        lock.held_for().as_micros()
+    ));
+    Ok(())
+}
+
+fn remove(be: &Backend, script: &Script) -> Result<()> {
+    let key = be.path.state_key();
+    if let Some(rec) = state::load(&key)? {
+        let _lock = Lock::claim("block")?;
+        return remove_recorded(&key, &rec);
+    }
+    // No record: a phy backend, one attached by the shell script, or nothing we know.
+    let Some(params) = be.read("params")? else {
+        log::debug(&format!(
+            "{}: no params and no record: nothing to undo",
+            be.path.path
+        ));
+        return Ok(());
+    };
+    let ty = be.read("type")?;
+    match open_target(&params)? {
+        Target::Block { .. } => Ok(()),
+        Target::File { meta, .. } => remove_legacy_loop(be, &meta),
+        Target::Other { .. } => match script.helper_for(ty.as_deref()) {
+            Some(helper) => Err(script.exec(&helper)),
+            None => Ok(()),
+        },
+    }
+}
+
+fn remove_recorded(key: &str, rec: &Record) -> Result<()> {
+    let rdev = DevNum::parse_linux_hex(rec.require("rdev")?)
+        .ok_or_else(|| anyhow!("record {key}: bad rdev"))?;
+    let (bdev, bino) = rec
+        .require("backing")?
+        .rsplit_once(':')
+        .and_then(|(d, i)| Some((DevNum::parse_linux_hex(d)?, i.parse::<u64>().ok()?)))
+        .ok_or_else(|| anyhow!("record {key}: bad backing"))?;
+    let diskseq = match rec.get("diskseq") {
+        Some(s) => {
+            Some(u64::from_str_radix(s, 16).map_err(|_| anyhow!("record {key}: bad diskseq"))?)
+        }
+        None => None,
+    };
+    let attached = Attached {
+        path: rec.require("node")?.to_string(),
+        rdev,
+        diskseq,
+    };
+    detach(&attached, (bdev, bino))?;
+    state::delete(key)
+}
+
+fn detach(attached: &Attached, backing: (DevNum, u64)) -> Result<()> {
+    match loopdev::detach_if_ours(attached, backing)? {
+        Detach::Detached => log::debug(&format!("detached {}", attached.path)),
+        Detach::AlreadyFree => log::debug(&format!("{} was already detached", attached.path)),
+        Detach::Reused(why) => log::err(&format!("not detaching: {why}")),
+    }
+    Ok(())
+}
+
+/// A loop attached without a record (by upstream's script, or before an upgrade): detach
+/// `node` only if it is still backed by `params` and matches `physical-device`/`diskseq`.
+fn remove_legacy_loop(be: &Backend, meta: &Metadata) -> Result<()> {
+    let Some(node) = be.read("node")? else {
+        log::debug(&format!(
+            "{}: file backend without node: nothing to detach",
+            be.path.path
+        ));
+        return Ok(());
+    };
+    let rdev = match be
+        .read("physical-device")?
+        .as_deref()
+        .and_then(DevNum::parse_linux_hex)
+    {
+        Some(d) => d,
+        None => match stat_block_device(&node) {
+            Some(d) => d,
+            None => {
+                log::debug(&format!("{node} is not a block device: nothing to detach"));
+                return Ok(());
+            }
+        },
+    };
+    let diskseq = be
+        .read("diskseq")?
+        .and_then(|s| u64::from_str_radix(&s, 16).ok());
+    let _lock = Lock::claim("block")?;
+    detach(
+        &Attached {
+            path: node,
+            rdev,
+            diskseq,
+        },
+        (split_dev(meta.dev()), meta.ino()),
+    )
+}

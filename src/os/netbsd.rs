@@ -1,0 +1,28 @@
+//! netbsd dom0 (placeholder until the NetBSD/FreeBSD issue lands): every action is refused.
+
+use anyhow::{Result, bail};
+
+use crate::backend::Backend;
+use crate::devnum::DevNum;
+use crate::invocation::{self, Action, LinuxEnv, Request, UsageError};
+use crate::script::Script;
+
+pub fn parse_invocation(args: &[String], _env: &LinuxEnv) -> Result<Request, UsageError> {
+    invocation::parse_netbsd(args)
+}
+
+pub fn stat_block_device(_path: &str) -> Option<DevNum> {
+    None
+}
+
+pub fn parse_physical_device(_value: &str) -> Option<DevNum> {
+    None
+}
+
+pub fn format_physical_device(dev: DevNum) -> String {
+    dev.to_linux_hex()
+}
+
+pub fn block(_action: Action, _be: &Backend, _script: &Script) -> Result<()> {
+    bail!("the netbsd block script is not implemented yet")
+}
