@@ -14,12 +14,12 @@
 
 use std::fmt;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::Result;
 
 use crate::devnum::DevNum;
 use crate::invocation::BackendPath;
 use crate::mode::Mode;
-use crate::mountinfo::{self, Mount};
+use crate::mountinfo::Mount;
 use crate::os;
 use crate::xs::Store;
 
@@ -137,10 +137,7 @@ impl Scan<'_> {
     }
 
     fn check_mounts(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo")
-            .context("cannot read /proc/self/mountinfo for the sharing check")?;
-        let mounts = mountinfo::parse(&text)
-            .map_err(|line| anyhow!("cannot parse /proc/self/mountinfo line {line:?}"))?;
+        let mounts = os::local_mounts()?;
         Ok(
             mount_conflict(cands, &mounts, self.mode).map(|m| Holder::Local {
                 dev: m.dev,

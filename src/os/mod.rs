@@ -4,6 +4,7 @@
 //! Each OS module provides:
 //! * `parse_invocation(args, env)`: that OS's calling convention (see `invocation`);
 //! * `block(action, backend, script)`: the `block` personality;
+//! * `local_mounts()`: this system's mounts, with device numbers, for the sharing check;
 //! * `stat_block_device(path)`: the device number of a path that is a block device now;
 //! * `parse_physical_device(value)` / `format_physical_device(dev)`: the spelling of the
 //!   `physical-device` node that OS's backend driver reads.

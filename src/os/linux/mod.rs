@@ -15,6 +15,7 @@ use crate::invocation::{self, Action, LinuxEnv, Request, UsageError};
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
+use crate::mountinfo::{self, Mount};
 use crate::script::{self, Script};
 use crate::sharing::{self, Scan};
 use crate::state::{self, Record};
@@ -33,6 +34,14 @@ pub fn stat_block_device(path: &str) -> Option<DevNum> {
     meta.file_type()
         .is_block_device()
         .then(|| split_dev(meta.rdev()))
+}
+
+/// Every mount of this (dom0) system, from `/proc/self/mountinfo`.
+pub fn local_mounts() -> Result<Vec<Mount>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo for the sharing check")?;
+    mountinfo::parse(&text)
+        .map_err(|line| anyhow!("cannot parse /proc/self/mountinfo line {line:?}"))
 }
 
 pub fn parse_physical_device(value: &str) -> Option<DevNum> {
