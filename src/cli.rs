@@ -138,27 +138,70 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
         }
     };
     let be = Backend::new(&store, backend);
-    let result = panic::catch_unwind(AssertUnwindSafe(|| -> Result<()> {
-        match personality {
-            Personality::Block => os::block(action, &be, script),
-            other => Err(anyhow!(
-                "{} is not supported yet by xen-block-hotplug",
-                other.name()
-            )),
-        }
-    }));
-    let err = match result {
-        Ok(Ok(())) => return ExitCode::SUCCESS,
-        Ok(Err(e)) => e,
+    let result = guarded(|| match personality {
+        Personality::Block => os::block(action, &be, script),
+        other => Err(anyhow!(
+            "{} is not supported yet by xen-block-hotplug",
+            other.name()
+        )),
+    });
+    let Err(err) = result else {
+        return ExitCode::SUCCESS;
+    };
+    be.report_failure(&err);
+    ExitCode::from(1)
+}
+
+/// Runs `f`, turning a panic into an ordinary error so it is reported in `hotplug-error`
+/// like any failure (guards such as the lock and a half-attached loop unwind first).
+pub fn guarded(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
         Err(p) => {
             let what = p
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_string());
-            anyhow!("internal error (panic): {what}")
+            Err(anyhow!("internal error (panic): {what}"))
         }
-    };
-    be.report_failure(&err);
-    ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn personalities_by_exact_name() {
+        assert_eq!(Personality::from_name("block"), Some(Personality::Block));
+        assert_eq!(
+            Personality::from_name("block-iscsi"),
+            Some(Personality::Iscsi)
+        );
+        assert_eq!(Personality::from_name("block-nbd"), Some(Personality::Nbd));
+        assert_eq!(
+            Personality::from_name("block-drbd"),
+            Some(Personality::Drbd)
+        );
+        for other in [
+            "Block",
+            "block-",
+            "block.sh",
+            "xen-block-hotplug",
+            "block-tap",
+            "",
+        ] {
+            assert_eq!(Personality::from_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_panic_becomes_a_reportable_error() {
+        let e = guarded(|| panic!("boom {}", 42)).unwrap_err();
+        assert_eq!(e.to_string(), "internal error (panic): boom 42");
+        let (status, _) = crate::backend::describe(&e);
+        assert_eq!(status, "error");
+        assert!(guarded(|| Ok(())).is_ok());
+    }
 }
