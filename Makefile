@@ -27,10 +27,12 @@ install: build
 	@test -n "$(XEN_SCRIPT_DIR)" || { echo "unknown OS '$(OS)': no hotplug/$(OS)/script-dir" >&2; exit 1; }
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XEN_SCRIPT_DIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(LIBEXECDIR)/xen-block-hotplug
-	@set -e; for n in $(LINKS); do \
+	@# Relative links, so the tree works under DESTDIR (initramfs, chroot) as installed.
+	@set -e; up=$$(echo "$(XEN_SCRIPT_DIR)" | sed -e 's|/[^/]*|../|g'); \
+	for n in $(LINKS); do \
 	    t=$(DESTDIR)$(XEN_SCRIPT_DIR)/$$n; \
 	    if [ -f "$$t" ] && [ ! -L "$$t" ]; then mv "$$t" "$$t.upstream"; echo "saved $$t as $$t.upstream"; fi; \
-	    ln -sfn $(LIBEXECDIR)/xen-block-hotplug "$$t"; echo "linked $$t"; \
+	    ln -sfn "$$up$$(echo "$(LIBEXECDIR)" | sed 's|^/||')/xen-block-hotplug" "$$t"; echo "linked $$t"; \
 	done
 	@if [ -f hotplug/$(OS)/install-extra ]; then sh hotplug/$(OS)/install-extra "$(DESTDIR)" "$(XEN_SCRIPT_DIR)"; fi
 
