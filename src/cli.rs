@@ -13,6 +13,7 @@ use crate::invocation::{LinuxEnv, Request};
 use crate::log;
 use crate::os;
 use crate::script::Script;
+use crate::watchdog;
 use crate::xs::XenStore;
 
 /// The scripts this binary can be, chosen by the exact basename it is run as.
@@ -130,6 +131,8 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    watchdog::start(Some(backend.clone()));
+    watchdog::phase("connecting to xenstore");
     let store = match XenStore::open() {
         Ok(s) => s,
         Err(e) => {
@@ -138,6 +141,7 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
         }
     };
     let be = Backend::new(&store, backend);
+    watchdog::phase("talking to xenstore");
     let result = guarded(|| match personality {
         Personality::Block => os::block(action, &be, script),
         other => Err(anyhow!(

@@ -15,4 +15,5 @@ pub mod os;
 pub mod script;
 pub mod sharing;
 pub mod state;
+pub mod watchdog;
 pub mod xs;

@@ -32,7 +32,10 @@ pub struct Lock {
 impl Lock {
     /// Blocks until the named lock is held.
     pub fn claim(name: &str) -> Result<Lock> {
-        Self::claim_in(Path::new(LOCK_DIR), name)
+        crate::watchdog::phase("waiting for the block lock");
+        let l = Self::claim_in(Path::new(LOCK_DIR), name);
+        crate::watchdog::phase("holding the block lock");
+        l
     }
 
     pub fn claim_in(dir: &Path, name: &str) -> Result<Lock> {

@@ -85,6 +85,10 @@ impl Xenstored {
         }
     }
 
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
     pub fn socket_str(&self) -> &str {
         self.socket.to_str().unwrap()
     }

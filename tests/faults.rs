@@ -1,0 +1,82 @@
+//! Deadlines: a stuck lock holder or a hung xenstored ends in a clear failure well before
+//! libxl's 40 s kill, never a hang.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+
+#[test]
+fn a_stuck_lock_holder_times_out_with_hotplug_error() {
+    let xs = Xenstored::start();
+    let t = TempDir::new("stuck");
+    let lo = Loop::attach(&image(&t, "a.img", 8), false);
+    let fe = domid();
+    let v = xs.vbd(fe, 51712, &lo.path, "r");
+    let held = t.join("held");
+    let release = t.join("release");
+    let mut sh = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". /etc/xen/scripts/locking.sh; claim_lock block; touch {}; \
+             while [ ! -e {} ]; do sleep 0.05; done; release_lock block",
+            held.display(),
+            release.display()
+        ))
+        .spawn()
+        .unwrap();
+    while !held.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t0 = Instant::now();
+    let r = xs.run_with(
+        "block",
+        &["add"],
+        &[("XENBUS_PATH", &v.path), ("XEN_BLOCK_HOTPLUG_TIMEOUT", "1")],
+    );
+    let took = t0.elapsed();
+    std::fs::write(&release, b"").unwrap();
+    assert!(sh.wait().unwrap().success());
+    assert_eq!(r.status, 1, "{r:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let err = xs.read(&v.node("hotplug-error")).unwrap();
+    assert!(
+        err.contains("timed out after 1 s while waiting for the block lock"),
+        "{err}"
+    );
+    assert_eq!(xs.read(&v.node("hotplug-status")).as_deref(), Some("error"));
+    assert_eq!(xs.read(&v.node("physical-device")), None);
+}
+
+#[test]
+fn a_hung_xenstored_is_a_clear_failure_not_a_hang() {
+    let xs = Xenstored::start();
+    let fe = domid();
+    let v = xs.vbd(fe, 51712, "/dev/null", "r");
+    kill(xs.pid(), Signal::SIGSTOP).unwrap();
+    let t0 = Instant::now();
+    let r = xs.run_with(
+        "block",
+        &["add"],
+        &[("XENBUS_PATH", &v.path), ("XEN_BLOCK_HOTPLUG_TIMEOUT", "1")],
+    );
+    let took = t0.elapsed();
+    kill(xs.pid(), Signal::SIGCONT).unwrap();
+    assert_eq!(r.status, 1, "{r:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(
+        r.log
+            .contains("timed out after 1 s while talking to xenstore"),
+        "{}",
+        r.log
+    );
+    assert_eq!(
+        xs.read(&v.node("hotplug-status")),
+        None,
+        "no half-written success"
+    );
+}
