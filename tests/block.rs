@@ -5,7 +5,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::process::Command;
 
 use common::*;
 
@@ -460,76 +459,6 @@ fn remove_after_backend_nodes_are_gone() {
 }
 
 #[test]
-fn remove_never_detaches_a_reused_loop() {
-    let xs = Xenstored::start();
-    let t = TempDir::new("reuse");
-    let img = image(&t, "disk.img", 8);
-    let other = image(&t, "other.img", 8);
-    let _c = Cleanup(img.clone());
-    let v = me(&xs, img.to_str().unwrap(), "w");
-    assert_eq!(xs.run("block", &v, "add").status, 0);
-    let node = xs.read(&v.node("node")).unwrap();
-    // Someone detaches it behind our back and reuses the same device for another file.
-    assert!(
-        Command::new("losetup")
-            .args(["-d", &node])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("losetup")
-            .arg(&node)
-            .arg(&other)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let reused = Loop {
-        path: node.clone(),
-        image: other.clone(),
-    };
-    let r = xs.run("block", &v, "remove");
-    assert_eq!(r.status, 0, "{r:?}");
-    assert_eq!(
-        backing_of(&node).as_deref(),
-        Some(other.to_str().unwrap()),
-        "someone else's loop kept"
-    );
-    assert!(r.log.contains("not detaching"), "{}", r.log);
-    assert!(!record_path(&v).exists());
-    // Same device and file, attached again (new diskseq): also left alone.
-    drop(reused);
-    let v2 = me(&xs, img.to_str().unwrap(), "w");
-    assert_eq!(xs.run("block", &v2, "add").status, 0);
-    let node2 = xs.read(&v2.node("node")).unwrap();
-    assert!(
-        Command::new("losetup")
-            .args(["-d", &node2])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("losetup")
-            .arg(&node2)
-            .arg(&img)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let r = xs.run("block", &v2, "remove");
-    assert_eq!(r.status, 0);
-    assert_eq!(
-        backing_of(&node2).as_deref(),
-        Some(img.to_str().unwrap()),
-        "re-attached loop kept (diskseq)"
-    );
-    assert!(r.log.contains("disk sequence"), "{}", r.log);
-    let _ = Command::new("losetup").args(["-d", &node2]).status();
-}
-
-#[test]
 fn remove_of_a_loop_attached_by_the_shell_script() {
     // No record (attached by upstream's script): `node`, `physical-device` and params
     // identify the loop.
@@ -668,5 +597,89 @@ fn concurrent_rw_adds_exactly_one_wins() {
             xs.rm(&v.path);
         }
     }
+    assert!(loops_of(&img).is_empty());
+}
+
+#[test]
+fn guest_check_sees_every_one_of_1100_guests() {
+    // Debian's C `xenstore-list backend/vbd` fails at this size (the reply is over 4096
+    // bytes); upstream then skips the guest check. The holder here sorts last.
+    let xs = Xenstored::start();
+    let t = TempDir::new("scale");
+    let lo = Loop::attach(&image(&t, "a.img", 8), false);
+    let base = 20000 + (std::process::id() % 500) * 2;
+    for i in 0..1100u32 {
+        let p = format!("backend/vbd/{}/51712", base + i);
+        xs.write(&format!("{p}/physical-device"), &format!("fd:{i:x}"));
+        xs.write(&format!("{p}/mode"), "w");
+    }
+    assert!(xs.ls("backend/vbd").len() >= 1100);
+    let holder = base + 1099;
+    xs.write(
+        &format!("backend/vbd/{holder}/51712/physical-device"),
+        &lo.hex(),
+    );
+    xs.set_vm(holder, "holder");
+    let v = me(&xs, &lo.path, "w");
+    let err = assert_refused(&xs, &v, &xs.run("block", &v, "add"), "busy", "guest domain");
+    assert!(err.contains(&format!("domain {holder}")), "{err}");
+}
+
+#[test]
+fn remove_hands_over_to_the_type_helper() {
+    let xs = Xenstored::start();
+    let dir = xs.dir.join("scripts");
+    fs::create_dir_all(&dir).unwrap();
+    let marker = xs.dir.join("marker");
+    let helper = dir.join("block-xbhrm");
+    fs::write(
+        &helper,
+        format!("#!/bin/sh\necho \"$*\" > {}\n", marker.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let v = me(&xs, "res1", "w");
+    xs.write(&v.node("type"), "xbhrm");
+    let r = xs.run("block", &v, "remove");
+    assert_eq!(r.status, 0, "{r:?}");
+    assert_eq!(fs::read_to_string(&marker).unwrap().trim(), "remove");
+}
+
+#[test]
+fn an_unfinished_earlier_attach_is_cleaned_up_not_leaked() {
+    // An add killed after binding its loop (record written, nodes not): the next add for
+    // the same backend detaches that loop before attaching a new one.
+    let xs = Xenstored::start();
+    let t = TempDir::new("unfinished");
+    let img = image(&t, "disk.img", 8);
+    let _c = Cleanup(img.clone());
+    let v = me(&xs, img.to_str().unwrap(), "w");
+    assert_eq!(xs.run("block", &v, "add").status, 0);
+    let first = xs.read(&v.node("node")).unwrap();
+    // Forget the published nodes, as if the first run had died before writing them.
+    for n in [
+        "node",
+        "physical-device",
+        "physical-device-path",
+        "diskseq",
+        "hotplug-status",
+    ] {
+        xs.rm(&v.node(n));
+    }
+    assert!(record_path(&v).exists());
+    let r = xs.run("block", &v, "add");
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(
+        r.log.contains("cleaning up an unfinished earlier attach"),
+        "{}",
+        r.log
+    );
+    let loops = loops_of(&img);
+    assert_eq!(
+        loops.len(),
+        1,
+        "old loop {first} detached, one new: {loops:?}"
+    );
+    assert_eq!(xs.run("block", &v, "remove").status, 0);
     assert!(loops_of(&img).is_empty());
 }

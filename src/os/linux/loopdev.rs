@@ -171,6 +171,32 @@ pub fn attach(
     backing: &File,
     name: &str,
     read_only: bool,
+    before_configure: impl FnMut(&str, DevNum) -> Result<()>,
+) -> Result<(Attached, File)> {
+    attach_using(
+        Method::Configure,
+        backing,
+        name,
+        read_only,
+        before_configure,
+    )
+}
+
+/// How a loop device is bound to its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `LOOP_CONFIGURE` (Linux 5.8+), falling back to `Legacy` where the kernel lacks it.
+    Configure,
+    /// `LOOP_SET_FD` + `LOOP_SET_STATUS64`.
+    Legacy,
+}
+
+/// `attach` with the binding method chosen (tests force `Legacy` on modern kernels).
+pub fn attach_using(
+    method: Method,
+    backing: &File,
+    name: &str,
+    read_only: bool,
     mut before_configure: impl FnMut(&str, DevNum) -> Result<()>,
 ) -> Result<(Attached, File)> {
     let ctl = OpenOptions::new()
@@ -199,7 +225,11 @@ pub fn attach(
         }
         let rdev = split_dev(meta.rdev());
         before_configure(&path, rdev)?;
-        match configure(&dev, backing, name, read_only) {
+        let bound = match method {
+            Method::Configure => configure(&dev, backing, name, read_only),
+            Method::Legacy => configure_legacy(&dev, backing, name, read_only),
+        };
+        match bound {
             Ok(()) => {
                 let attached = Attached {
                     path,

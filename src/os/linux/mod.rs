@@ -232,6 +232,14 @@ fn read_only_file(path: &str) -> anyhow::Error {
 
 fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -> Result<()> {
     let lock = Lock::claim("block")?;
+    let key = be.path.state_key();
+    // A record for this backend path without `physical-device` is an attach that never
+    // finished (killed, or the backend was torn down and re-created): that loop belongs to
+    // no one now. Detach it (with its identity checks) instead of forgetting it.
+    if let Some(old) = state::load(&key)? {
+        log::err(&format!("{key}: cleaning up an unfinished earlier attach"));
+        remove_recorded(&key, &old)?;
+    }
     // Avoid racing a remove: libxl waits for InitWait (2) before running us.
     let state = be.read("state")?;
     if state.as_deref() != Some("2") {
@@ -277,7 +285,6 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
         }
     }
 
-    let key = be.path.state_key();
     let mut rec = Record::default();
     rec.set("kind", "loop")
         .set("backend", be.path.path.as_str())
