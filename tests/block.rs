@@ -24,6 +24,26 @@ fn assert_connected(xs: &Xenstored, vbd: &Vbd, dev: &str) {
         "{seq}"
     );
     assert_eq!(xs.read(&vbd.node("hotplug-error")), None);
+    // Exactly what libxl wrote plus what the script publishes, nothing else.
+    let mut got = xs.ls(&vbd.path);
+    got.sort();
+    let mut want = vec![
+        "diskseq",
+        "frontend-id",
+        "hotplug-status",
+        "mode",
+        "online",
+        "params",
+        "physical-device",
+        "physical-device-path",
+        "state",
+        "type",
+    ];
+    if xs.read(&vbd.node("node")).is_some() {
+        want.push("node");
+    }
+    want.sort();
+    assert_eq!(got, want);
 }
 
 fn assert_refused(xs: &Xenstored, vbd: &Vbd, r: &Run, status: &str, needle: &str) -> String {
@@ -44,6 +64,9 @@ fn assert_refused(xs: &Xenstored, vbd: &Vbd, r: &Run, status: &str, needle: &str
     );
     assert_eq!(xs.read(&vbd.node("physical-device-path")), None);
     assert!(!record_path(vbd).exists(), "no remove record left");
+    for n in ["node", "diskseq"] {
+        assert_eq!(xs.read(&vbd.node(n)), None, "{n} not written on failure");
+    }
     err
 }
 
