@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,21 +16,7 @@ fn a_stuck_lock_holder_times_out_with_hotplug_error() {
     let lo = Loop::attach(&image(&t, "a.img", 8), false);
     let fe = domid();
     let v = xs.vbd(fe, 51712, &lo.path, "r");
-    let held = t.join("held");
-    let release = t.join("release");
-    let mut sh = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            ". /etc/xen/scripts/locking.sh; claim_lock block; touch {}; \
-             while [ ! -e {} ]; do sleep 0.05; done; release_lock block",
-            held.display(),
-            release.display()
-        ))
-        .spawn()
-        .unwrap();
-    while !held.exists() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let sh = ShellLockHolder::start();
     let t0 = Instant::now();
     let r = xs.run_with(
         "block",
@@ -39,8 +24,7 @@ fn a_stuck_lock_holder_times_out_with_hotplug_error() {
         &[("XENBUS_PATH", &v.path), ("XEN_BLOCK_HOTPLUG_TIMEOUT", "1")],
     );
     let took = t0.elapsed();
-    std::fs::write(&release, b"").unwrap();
-    assert!(sh.wait().unwrap().success());
+    assert!(sh.finish());
     assert_eq!(r.status, 1, "{r:?}");
     assert!(took < Duration::from_secs(4), "took {took:?}");
     let err = xs.read(&v.node("hotplug-error")).unwrap();

@@ -383,3 +383,90 @@ impl Drop for Mounted {
 pub fn record_path(vbd: &Vbd) -> PathBuf {
     PathBuf::from("/run/xen-hotplug/xen-block-hotplug").join(vbd.path.replace('/', "-"))
 }
+
+/// A bash process holding the `block` lock through Debian's real `locking.sh` until
+/// `release()` (or drop).
+pub struct ShellLockHolder {
+    child: Child,
+    dir: TempDir,
+}
+
+impl ShellLockHolder {
+    /// Starts the shell and returns once it holds the lock.
+    pub fn start() -> ShellLockHolder {
+        let h = Self::spawn(false);
+        assert!(
+            h.wait_marker("held", Duration::from_secs(10)),
+            "shell never got the lock"
+        );
+        h
+    }
+
+    /// Starts the shell without waiting: it may be queued behind another holder, and
+    /// releases as soon as it gets the lock.
+    pub fn start_queued() -> ShellLockHolder {
+        Self::spawn(true)
+    }
+
+    fn spawn(release_at_once: bool) -> ShellLockHolder {
+        let dir = TempDir::new("shlock");
+        let (m, r) = (dir.join("marker"), dir.join("release"));
+        if release_at_once {
+            fs::write(&r, b"").unwrap();
+        }
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". /etc/xen/scripts/locking.sh; claim_lock block; echo held > {m}; \
+                 while [ ! -e {r} ]; do sleep 0.05; done; release_lock block; \
+                 echo released > {m}",
+                m = m.display(),
+                r = r.display()
+            ))
+            .spawn()
+            .unwrap();
+        ShellLockHolder { child, dir }
+    }
+
+    pub fn has_held(&self) -> bool {
+        self.dir.join("marker").exists()
+    }
+
+    pub fn wait_marker(&self, content: &str, limit: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if fs::read_to_string(self.dir.join("marker"))
+                .map(|s| s.trim() == content)
+                .unwrap_or(false)
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Releases after `delay` from another thread; the handle yields the release time.
+    pub fn release_after(&self, delay: Duration) -> std::thread::JoinHandle<Instant> {
+        let r = self.dir.join("release");
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            fs::write(&r, b"").unwrap();
+            Instant::now()
+        })
+    }
+
+    /// Waits for the shell to release and exit; true if it exited successfully.
+    pub fn finish(mut self) -> bool {
+        fs::write(self.dir.join("release"), b"").unwrap();
+        let ok = self.child.wait().unwrap().success();
+        ok && self.wait_marker("released", Duration::from_secs(5))
+    }
+}
+
+impl Drop for ShellLockHolder {
+    fn drop(&mut self) {
+        let _ = fs::write(self.dir.join("release"), b"");
+        let _ = self.child.wait();
+    }
+}
