@@ -316,3 +316,47 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use crate::invocation::BackendPath;
+    use crate::xs::Store;
+
+    /// A daemon whose backend listing cannot be returned whole (C xenstored, or the xenbus
+    /// ring, answer E2BIG past 4096 bytes; Debian's oxenstored over its socket does not,
+    /// so this one case is a stand-in).
+    struct TooBig;
+
+    impl Store for TooBig {
+        fn read(&self, _: &str) -> Result<Option<String>> {
+            Ok(None)
+        }
+        fn write(&self, _: &str, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
+            Err(anyhow::anyhow!("cannot list xenstore directory {path}: E2BIG"))
+        }
+        fn rm(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_incomplete_listing_refuses_instead_of_passing() {
+        let me = BackendPath::parse("backend/vbd/1/51712", "backend", "vbd").unwrap();
+        let scan = Scan {
+            store: &TooBig,
+            me: &me,
+            frontend_id: 1,
+            frontend_uuid: "/vm/a".into(),
+            mode: Mode::Write,
+        };
+        // A device number no mount uses, so only the guest listing can decide.
+        let err = scan.check(&[DevNum::new(0xfff, 0xfffff)]).unwrap_err();
+        assert!(err.to_string().contains("E2BIG"), "{err}");
+        // Nothing to check: no listing needed.
+        assert_eq!(scan.check(&[]).unwrap(), None);
+    }
+}
