@@ -412,4 +412,51 @@ mod tests {
         assert!(parse_freebsd(&s(&[p, "2"])).unwrap_err().backend.is_some());
         assert!(parse_freebsd(&s(&["add", p])).is_err());
     }
+
+    #[test]
+    fn bsd_edges() {
+        let p = "/local/domain/0/backend/vbd/3/768";
+        // Every other xenbus state is nothing to do, whatever its number.
+        for st in ["0", "1", "3", "4", "5", "7", "99"] {
+            assert_eq!(
+                parse_netbsd(&s(&[p, st])).unwrap(),
+                Request::Nothing { state: st.into() }
+            );
+        }
+        // A driver domain's backend path, with a trailing slash.
+        let Request::Run { backend, .. } =
+            parse_netbsd(&s(&["/local/domain/4/backend/vbd/3/768/", "2"])).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(backend.path, "/local/domain/4/backend/vbd/3/768");
+        assert_eq!(backend.type_dir, "/local/domain/4/backend/vbd");
+        assert_eq!((backend.frontend, backend.devid), (3, 768));
+        assert_eq!(backend.state_key(), "backend-vbd-3-768");
+        for bad in [
+            "/local/domain/0/backend/vbd/3",
+            "/local/domain/0/backend/vif/3/0",
+            "/local/domain/0/backend/vbd/../768",
+            "/local/domain/x/backend/vbd/3/768",
+            "/etc/passwd",
+        ] {
+            let e = parse_netbsd(&s(&[bad, "2"])).unwrap_err();
+            assert!(e.backend.is_none(), "{bad}");
+            let e = parse_freebsd(&s(&[bad, "add"])).unwrap_err();
+            assert!(e.backend.is_none(), "{bad}");
+        }
+        // Empty or signed states are not states; commands are case-sensitive; extra
+        // arguments are refused.
+        assert!(parse_netbsd(&s(&[p, ""])).unwrap_err().backend.is_some());
+        assert!(parse_netbsd(&s(&[p, "-2"])).unwrap_err().backend.is_some());
+        assert!(parse_netbsd(&s(&[p, "2", "x"])).is_err());
+        assert!(
+            parse_freebsd(&s(&[p, "Add"]))
+                .unwrap_err()
+                .backend
+                .is_some()
+        );
+        assert!(parse_freebsd(&s(&[p, "add", "x"])).is_err());
+        assert!(parse_freebsd(&s(&[])).is_err());
+    }
 }

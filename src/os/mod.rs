@@ -4,10 +4,18 @@
 //! Each OS module provides:
 //! * `parse_invocation(args, env)`: that OS's calling convention (see `invocation`);
 //! * `block(action, backend, script)`: the `block` personality;
+//! * `storage_helper(personality, action, backend)`: `block-iscsi`, `block-nbd`,
+//!   `block-drbd` (Linux; elsewhere a clear "not supported");
 //! * `local_mounts()`: this system's mounts, with device numbers, for the sharing check;
 //! * `stat_block_device(path)`: the device number of a path that is a block device now;
 //! * `parse_physical_device(value)` / `format_physical_device(dev)`: the spelling of the
 //!   `physical-device` node that OS's backend driver reads.
+
+// The BSD personalities' pure logic, compiled on every OS so that Linux runs its tests.
+pub mod freebsd_logic;
+#[cfg(test)]
+mod mem_store;
+pub mod netbsd_logic;
 
 #[cfg(target_os = "linux")]
 mod linux;
