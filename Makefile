@@ -9,7 +9,8 @@
 #   make bench           speed and memory against Debian's upstream scripts
 
 OS ?= $(shell uname -s)
-PREFIX ?= /usr
+# Where add-on software lives on that OS (Linux /usr, NetBSD /usr/pkg, FreeBSD /usr/local).
+PREFIX ?= $(or $(shell cat hotplug/$(OS)/prefix 2>/dev/null),/usr)
 LIBEXECDIR ?= $(PREFIX)/libexec/xen-block-hotplug
 XEN_SCRIPT_DIR ?= $(shell cat hotplug/$(OS)/script-dir 2>/dev/null)
 LINKS := $(shell cat hotplug/$(OS)/links 2>/dev/null)

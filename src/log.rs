@@ -55,10 +55,15 @@ pub fn redirect_stderr() {
     }
 }
 
+/// Where syslogd listens: Linux `/dev/log`; NetBSD and FreeBSD `/var/run/log`.
+const SYSLOG_SOCKETS: [&str; 2] = ["/dev/log", "/var/run/log"];
+
 fn syslog(level: u8, msg: &str) -> bool {
     let line = format!("<{}>root: {}: {}", LOG_DAEMON | level, prefix(), msg);
     match UnixDatagram::unbound() {
-        Ok(sock) => sock.send_to(line.as_bytes(), "/dev/log").is_ok(),
+        Ok(sock) => SYSLOG_SOCKETS
+            .iter()
+            .any(|p| sock.send_to(line.as_bytes(), p).is_ok()),
         Err(_) => false,
     }
 }

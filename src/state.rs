@@ -2,7 +2,7 @@
 //!
 //! The backend nodes can be gone when `remove` runs (forced teardowns, `xl` crashes), and
 //! upstream then leaks the loop device. So `add` records what it attached in a small file
-//! under `/run/xen-hotplug/xen-block-hotplug/`, named after the backend path, and `remove`
+//! under `/var/run/xen-hotplug/xen-block-hotplug/`, named after the backend path, and `remove`
 //! deletes it. The record is written before the loop is bound and completed after, so a
 //! kill at any point leaves either no loop or a record that finds it.
 
@@ -14,7 +14,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 
-pub const STATE_DIR: &str = "/run/xen-hotplug/xen-block-hotplug";
+/// Under `/var/run` (on Linux a link to `/run`), which every Xen dom0 OS has and clears at
+/// boot, like the records themselves should be.
+pub const STATE_DIR: &str = "/var/run/xen-hotplug/xen-block-hotplug";
 
 /// A record: ordered `key=value` lines. Values never contain newlines (checked on write).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,4 +1,5 @@
 //! The Linux `block` script against a real oxenstored, real loop devices and real mounts.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

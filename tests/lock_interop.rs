@@ -1,5 +1,6 @@
 //! Our `block` lock and Debian's real `/etc/xen/scripts/locking.sh` exclude each other,
 //! in both directions, on the real `/var/run/xen-hotplug/block`.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -1,6 +1,7 @@
 //! syslog as the scripts' `logger -p daemon.<level>` calls: facility daemon, levels err
 //! and debug, text prefixed with the invoked path. The binary runs in a private mount
 //! namespace whose /dev/log is this test's socket.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

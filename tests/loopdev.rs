@@ -1,4 +1,5 @@
 //! The loop-device layer on real loop devices: both binding methods, identity checks.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
