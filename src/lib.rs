@@ -12,6 +12,7 @@ pub mod log;
 pub mod mode;
 pub mod mountinfo;
 pub mod os;
+pub mod request;
 pub mod script;
 pub mod sharing;
 pub mod state;

@@ -58,7 +58,19 @@ impl Script {
     }
 }
 
-/// `Err` helper for code paths that should hand over but cannot.
+impl Script {
+    /// `params` is neither ours to attach nor a device: hand over to the `block-<type>`
+    /// helper when one is installed (returns only if the exec fails), else refuse with an
+    /// error naming the path and what it is.
+    pub fn hand_over(&self, params: &str, what: &str, ty: Option<&str>) -> Result<()> {
+        match self.helper_for(ty) {
+            Some(helper) => Err(self.exec(&helper)),
+            None => no_helper(params, what, ty),
+        }
+    }
+}
+
+/// The refusal when no helper can take over.
 pub fn no_helper(params: &str, what: &str, ty: Option<&str>) -> Result<()> {
     Err(anyhow!(
         "params {params:?} is {what}, not a block device or a regular file{}",

@@ -12,7 +12,7 @@ use std::fs::{self, Metadata, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::backend::{Backend, busy};
 use crate::devnum::DevNum;
@@ -20,8 +20,9 @@ use crate::invocation::BackendPath;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
+use crate::request::Frontend;
 use crate::mountinfo::Mount;
-use crate::script::{self, Script};
+use crate::script::Script;
 use crate::sharing::{self, Holder, OurVm};
 use crate::xs::Store;
 
@@ -214,10 +215,7 @@ pub fn add(be: &Backend, script: &Script, sys: &System) -> Result<()> {
     let (target, meta) = match found {
         Ok(t) => t,
         Err(what) => {
-            return match script.helper_for(ty.as_deref()) {
-                Some(helper) => Err(script.exec(&helper)),
-                None => script::no_helper(&params, &what, ty.as_deref()),
-            };
+            return script.hand_over(&params, &what, ty.as_deref());
         }
     };
     // blkback opens what we write: the real path, so that a symlink changed later does
@@ -229,8 +227,8 @@ pub fn add(be: &Backend, script: &Script, sys: &System) -> Result<()> {
     if fs::metadata(&real).ok().and_then(|m| Target::of(&m)) != Some(target) {
         bail!("{real} changed while being attached");
     }
-    let mode = Mode::parse_request(&mode)
-        .with_context(|| format!("backend node {}", be.path.node("mode")))?;
+    let frontend = Frontend::read(be, &mode)?;
+    let mode = frontend.mode;
     let what = match target {
         Target::File { .. } => format!("File {real}"),
         Target::Device { .. } => format!("Device {real}"),
@@ -257,18 +255,6 @@ pub fn add(be: &Backend, script: &Script, sys: &System) -> Result<()> {
             )));
         }
     }
-    let fe = be.require("frontend-id")?;
-    let frontend_id: u32 = fe.parse().map_err(|_| {
-        anyhow!(
-            "backend node {} is not a domain id: {fe:?}",
-            be.path.node("frontend-id")
-        )
-    })?;
-    let frontend_uuid = be
-        .store
-        .read(&format!("/local/domain/{frontend_id}/vm"))?
-        .unwrap_or_else(|| "unknown".to_string());
-
     let lock = Lock::claim_in(sys.lock_dir, "block")?;
     if mode != Mode::Force {
         let holder = match mount_holder(target, &(sys.mounts)()?, mode) {
@@ -276,8 +262,8 @@ pub fn add(be: &Backend, script: &Script, sys: &System) -> Result<()> {
             None => GuestScan {
                 store: be.store,
                 me: &be.path,
-                frontend_id,
-                frontend_uuid,
+                frontend_id: frontend.id,
+                frontend_uuid: frontend.uuid.clone(),
                 mode,
             }
             .check(target, &|p: &str| {

@@ -15,8 +15,9 @@ use crate::invocation::{self, Action, LinuxEnv, Request, UsageError};
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
+use crate::request::{AddNodes, Frontend};
 use crate::mountinfo::{self, Mount};
-use crate::script::{self, Script};
+use crate::script::Script;
 use crate::sharing::{self, Scan};
 use crate::state::{self, Record};
 
@@ -159,43 +160,14 @@ fn reopen(fd: &File, write: bool) -> io::Result<File> {
 }
 
 fn add(be: &Backend, script: &Script) -> Result<()> {
-    if let Some(pd) = be.read("physical-device")? {
-        log::debug(&format!(
-            "{} already has physical-device {pd}: called twice, nothing to do",
-            be.path.path
-        ));
+    let Some(nodes) = AddNodes::read(be)? else {
         return Ok(());
-    }
-    let params = be.require("params")?;
-    let mode = be.require("mode")?;
-    let ty = be.read("type")?;
-    let target = open_target(&params)?;
-    if let Target::Other { what } = &target {
-        return match script.helper_for(ty.as_deref()) {
-            Some(helper) => Err(script.exec(&helper)),
-            None => script::no_helper(&params, what, ty.as_deref()),
-        };
-    }
-    let mode = Mode::parse_request(&mode)
-        .with_context(|| format!("backend node {}", be.path.node("mode")))?;
-    let fe = be.require("frontend-id")?;
-    let frontend_id: u32 = fe.parse().map_err(|_| {
-        anyhow!(
-            "backend node {} is not a domain id: {fe:?}",
-            be.path.node("frontend-id")
-        )
-    })?;
-    let frontend_uuid = be
-        .store
-        .read(&format!("/local/domain/{frontend_id}/vm"))?
-        .unwrap_or_else(|| "unknown".to_string());
-    let scan = Scan {
-        store: be.store,
-        me: &be.path,
-        frontend_id,
-        frontend_uuid,
-        mode,
     };
+    let target = open_target(&nodes.params)?;
+    if let Target::Other { what } = &target {
+        return script.hand_over(&nodes.params, what, nodes.ty.as_deref());
+    }
+    let scan = Frontend::read(be, &nodes.mode)?.scan(be);
     match target {
         Target::Block { fd, path, rdev } => add_phy(be, &scan, &fd, &path, rdev),
         Target::File { fd, path, meta } => add_file(be, &scan, &fd, &path, &meta),

@@ -1,0 +1,70 @@
+//! What every `add` reads first, the same on every OS and for every personality.
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::backend::Backend;
+use crate::log;
+use crate::mode::Mode;
+use crate::sharing::Scan;
+
+/// The backend nodes an add starts from.
+pub struct AddNodes {
+    pub params: String,
+    /// As written; parsed with `Frontend::read` once the target is known to be ours.
+    pub mode: String,
+    pub ty: Option<String>,
+}
+
+impl AddNodes {
+    /// `None` when `physical-device` exists already: libxl may call twice, and the second
+    /// call must touch nothing. Otherwise `params` and `mode` must be present and non-empty.
+    pub fn read(be: &Backend) -> Result<Option<AddNodes>> {
+        if let Some(pd) = be.read("physical-device")? {
+            log::debug(&format!(
+                "{} already has physical-device {pd}: called twice, nothing to do",
+                be.path.path
+            ));
+            return Ok(None);
+        }
+        Ok(Some(AddNodes {
+            params: be.require("params")?,
+            mode: be.require("mode")?,
+            ty: be.read("type")?,
+        }))
+    }
+}
+
+/// Who the disk is for, as the sharing check needs it.
+pub struct Frontend {
+    pub mode: Mode,
+    pub id: u32,
+    /// The frontend's `vm` (upstream `FRONTEND_UUID`), `unknown` when absent.
+    pub uuid: String,
+}
+
+impl Frontend {
+    pub fn read(be: &Backend, mode: &str) -> Result<Frontend> {
+        let mode = Mode::parse_request(mode)
+            .with_context(|| format!("backend node {}", be.path.node("mode")))?;
+        let fe = be.require("frontend-id")?;
+        let id: u32 = fe.parse().map_err(|_| {
+            anyhow!("backend node {} is not a domain id: {fe:?}", be.path.node("frontend-id"))
+        })?;
+        let uuid = be
+            .store
+            .read(&format!("/local/domain/{id}/vm"))?
+            .unwrap_or_else(|| "unknown".to_string());
+        Ok(Frontend { mode, id, uuid })
+    }
+
+    /// The sharing check for this frontend on `be`.
+    pub fn scan<'a>(&self, be: &'a Backend) -> Scan<'a> {
+        Scan {
+            store: be.store,
+            me: &be.path,
+            frontend_id: self.id,
+            frontend_uuid: self.uuid.clone(),
+            mode: self.mode,
+        }
+    }
+}
