@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
         .map(|b| b.to_string_lossy().into_owned())
         .unwrap_or_default();
     let (personality, invoked, args) = match Personality::from_name(&base) {
-        Some(p) => (p, argv0, argv[1..].to_vec()),
+        Some(p) => (p, argv0, argv.iter().skip(1).cloned().collect()),
         None => {
             let cli = Cli::parse();
             let invoked = format!(

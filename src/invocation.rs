@@ -67,16 +67,17 @@ impl BackendPath {
             None => (String::new(), path),
         };
         let parts: Vec<&str> = rel.split('/').collect();
-        let n = base_parts.len();
-        if parts.len() != n + 3 || parts[..n] != base_parts[..] || parts[n] != ty {
-            return Err(format!(
-                "backend path {path:?} is not of the form {base}/{ty}/<frontend id>/<device id>"
-            ));
-        }
-        let frontend = parse_id(parts[n + 1])
-            .ok_or_else(|| format!("backend path {path:?}: bad frontend domain id"))?;
-        let devid = parse_id(parts[n + 2])
-            .ok_or_else(|| format!("backend path {path:?}: bad device id"))?;
+        let (fe, dev) = match parts.split_last_chunk::<3>() {
+            Some((head, [t, fe, dev])) if head == base_parts.as_slice() && *t == ty => (*fe, *dev),
+            _ => {
+                return Err(format!(
+                    "backend path {path:?} is not of the form {base}/{ty}/<frontend id>/<device id>"
+                ));
+            }
+        };
+        let frontend =
+            parse_id(fe).ok_or_else(|| format!("backend path {path:?}: bad frontend domain id"))?;
+        let devid = parse_id(dev).ok_or_else(|| format!("backend path {path:?}: bad device id"))?;
         Ok(BackendPath {
             path: path.to_string(),
             type_dir: format!("{prefix}{base}/{ty}"),

@@ -59,22 +59,19 @@ fn has_ro(opts: &str) -> bool {
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&c, tail)) = rest.split_first() {
+        if c == b'\\'
+            && let Some(([a, b, d], after)) = tail.split_first_chunk::<3>()
+            && [a, b, d].iter().all(|x| (b'0'..=b'7').contains(*x))
         {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
+            let v = u32::from(a - b'0') * 64 + u32::from(b - b'0') * 8 + u32::from(d - b'0');
             out.push(v as u8);
-            i += 4;
+            rest = after;
         } else {
-            out.push(b[i]);
-            i += 1;
+            out.push(c);
+            rest = tail;
         }
     }
     String::from_utf8_lossy(&out).into_owned()

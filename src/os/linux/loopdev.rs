@@ -253,9 +253,14 @@ pub fn attach_using(
 
 fn info_for(name: &str, read_only: bool) -> LoopInfo64 {
     let mut info = LoopInfo64::zeroed();
-    let bytes = name.as_bytes();
-    let n = bytes.len().min(LO_NAME_SIZE - 1);
-    info.lo_file_name[..n].copy_from_slice(&bytes[..n]);
+    // At most LO_NAME_SIZE - 1 bytes, so the kernel's copy stays NUL-terminated.
+    for (dst, src) in info
+        .lo_file_name
+        .iter_mut()
+        .zip(name.bytes().take(LO_NAME_SIZE - 1))
+    {
+        *dst = src;
+    }
     if read_only {
         info.lo_flags |= LO_FLAGS_READ_ONLY;
     }
