@@ -144,10 +144,7 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
     watchdog::phase("talking to xenstore");
     let result = guarded(|| match personality {
         Personality::Block => os::block(action, &be, script),
-        other => Err(anyhow!(
-            "{} is not supported yet by xen-block-hotplug",
-            other.name()
-        )),
+        helper => os::storage_helper(helper, action, &be),
     });
     let Err(err) = result else {
         return ExitCode::SUCCESS;

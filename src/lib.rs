@@ -16,5 +16,7 @@ pub mod request;
 pub mod script;
 pub mod sharing;
 pub mod state;
+pub mod storage;
+pub mod tool;
 pub mod watchdog;
 pub mod xs;

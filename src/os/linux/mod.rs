@@ -1,6 +1,10 @@
 //! Linux dom0: the `block` script proper (interface doc §4.2), phy and file backends.
 
+mod attach;
+mod drbd;
+mod iscsi;
 pub mod loopdev;
+mod nbd;
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
@@ -51,6 +55,24 @@ pub fn parse_physical_device(value: &str) -> Option<DevNum> {
 
 pub fn format_physical_device(dev: DevNum) -> String {
     dev.to_linux_hex()
+}
+
+/// The storage helpers: `block-iscsi`, `block-nbd`, `block-drbd`.
+pub fn storage_helper(
+    personality: crate::cli::Personality,
+    action: Action,
+    be: &Backend,
+) -> Result<()> {
+    use crate::cli::Personality as P;
+    match (personality, action) {
+        (P::Iscsi, Action::Add) => iscsi::add(be),
+        (P::Iscsi, Action::Remove) => iscsi::remove(be),
+        (P::Nbd, Action::Add) => nbd::add(be),
+        (P::Nbd, Action::Remove) => nbd::remove(be),
+        (P::Drbd, Action::Add) => drbd::add(be),
+        (P::Drbd, Action::Remove) => drbd::remove(be),
+        (P::Block, _) => bail!("block is not a storage helper"),
+    }
 }
 
 pub fn block(action: Action, be: &Backend, script: &Script) -> Result<()> {

@@ -1,0 +1,210 @@
+//! `block-drbd` (interface doc §5.2; upstream's ships with drbd-utils).
+//!
+//! add, under the `block-drbd` lock: `drbdadm role` (DRBD 8 `Primary/Secondary` or DRBD 9
+//! `Primary`), `drbdadm sh-dev`, `drbdadm primary` when not Primary yet, then under `block`
+//! the sharing check with DRBD semantics (any other guest using the device conflicts,
+//! read-only or not, as in the drbd-utils script; the same VM and its stubdom may share)
+//! and `write_dev`. A refused or failed add demotes the resource again if it promoted it.
+//!
+//! remove: `drbdadm secondary` only when no other local vbd (of any guest, stubdoms
+//! included) and no local mount still uses the device; drbd-utils' script demotes
+//! unconditionally, pulling the disk from under a guest that still uses it.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+
+use crate::backend::Backend;
+use crate::lock::Lock;
+use crate::log;
+use crate::mode::Mode;
+use crate::sharing::Scan;
+use crate::state::{self, Record};
+use crate::storage::drbd::{self, Resource, Role};
+use crate::tool::{Cmd, Deadline};
+use crate::watchdog;
+
+use super::attach::{self, Steps};
+
+const LOCK: &str = "block-drbd";
+const KIND: &str = "drbd";
+
+fn drbdadm(cmd: &str, r: &Resource) -> Cmd {
+    Cmd::new("drbdadm").args([cmd, &r.to_string()])
+}
+
+fn role(r: &Resource, d: &Deadline) -> Result<Role> {
+    let out = drbdadm("role", r).run_ok(d)?;
+    drbd::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
+}
+
+/// The role, or `None` when the resource is down (DRBD 8 `Unconfigured`; DRBD 9
+/// `drbdsetup` "No such resource", exit status 10): nothing left to demote.
+fn role_if_up(r: &Resource, d: &Deadline) -> Result<Option<Role>> {
+    let cmd = drbdadm("role", r);
+    let out = cmd.run(d)?;
+    if !out.success() {
+        if out.code == Some(10) || out.stderr.contains("No such resource") {
+            return Ok(None);
+        }
+        return Err(cmd.failed(&out));
+    }
+    match drbd::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))? {
+        Role::Unconfigured => Ok(None),
+        role => Ok(Some(role)),
+    }
+}
+
+fn sh_dev(r: &Resource, d: &Deadline) -> Result<String> {
+    let out = drbdadm("sh-dev", r).run_ok(d)?;
+    drbd::parse_sh_dev(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
+}
+
+pub fn add(be: &Backend) -> Result<()> {
+    let Some(req) = attach::begin_add(be)? else {
+        return Ok(());
+    };
+    let r = drbd::parse_params(&req.params).map_err(|e| anyhow!(e))?;
+    match req.ty.as_deref() {
+        None | Some("drbd") | Some("phy") => {}
+        Some(t) => {
+            return Err(anyhow!(
+                "backend type {t:?} is not drbd or phy: block-drbd does not handle it"
+            ));
+        }
+    }
+    let deadline = req.budget.wait()?;
+    let _lock = Lock::claim(LOCK)?;
+    watchdog::phase("asking drbdadm");
+    let before = role(&r, &deadline)?;
+    if before == Role::Unconfigured {
+        return Err(anyhow!(
+            "DRBD resource {r} is not configured (drbdadm says Unconfigured): \
+             bring it up first (drbdadm up {r})"
+        ));
+    }
+    let dev_path = sh_dev(&r, &deadline)?;
+    let mut rec = Record::default();
+    rec.set("kind", KIND)
+        .set("backend", be.path.path.as_str())
+        .set("resource", r.to_string())
+        .set("device", dev_path.as_str());
+    state::save(&req.key, &rec)?;
+    let mut promoted = false;
+    let result = (|| -> Result<()> {
+        if before != Role::Primary {
+            watchdog::phase("promoting the DRBD resource");
+            drbdadm("primary", &r).run_ok(&deadline)?;
+            promoted = true;
+            rec.set("promoted", "1");
+            state::save(&req.key, &rec)?;
+        }
+        let dev = attach::block_device(Path::new(&dev_path))?;
+        attach::record_device(&mut rec, &dev);
+        state::save(&req.key, &rec)?;
+        // DRBD semantics: no read-only sharing between guests.
+        let scan = Scan {
+            mode: if req.mode == Mode::Read {
+                Mode::Write
+            } else {
+                req.mode
+            },
+            frontend_uuid: req.scan.frontend_uuid.clone(),
+            ..req.scan
+        };
+        let _block = Lock::claim("block")?;
+        attach::check_sharing(
+            &scan,
+            &format!("DRBD resource {r} ({})", dev.path),
+            &[dev.rdev],
+        )?;
+        attach::publish(be, None, &dev)
+    })();
+    let Err(err) = result else {
+        return Ok(());
+    };
+    let mut undo = Vec::new();
+    if promoted && let Err(e) = drbdadm("secondary", &r).run_ok(&req.budget.undo()) {
+        undo.push(format!("{e:#}"));
+    }
+    if undo.is_empty() {
+        let _ = state::delete(&req.key);
+    }
+    Err(attach::with_undo_errors(err, undo))
+}
+
+pub fn remove(be: &Backend) -> Result<()> {
+    let budget = attach::Budget::now();
+    let key = be.path.state_key();
+    let deadline = budget.wait()?;
+    let _lock = Lock::claim(LOCK)?;
+    let rec = match state::load(&key)? {
+        Some(rec) if rec.get("kind") == Some(KIND) => rec,
+        Some(rec) => {
+            return Err(anyhow!(
+                "the remove record of {} is of kind {:?}, not {KIND}",
+                be.path.path,
+                rec.get("kind").unwrap_or("")
+            ));
+        }
+        None => {
+            // Attached by drbd-utils' script, or before an upgrade: what params says.
+            let Some(params) = be.read("params")? else {
+                log::debug(&format!(
+                    "{}: no record and no params: nothing to undo",
+                    be.path.path
+                ));
+                return Ok(());
+            };
+            let r = drbd::parse_params(&params).map_err(|e| anyhow!(e))?;
+            let mut rec = Record::default();
+            rec.set("kind", KIND).set("resource", r.to_string());
+            rec
+        }
+    };
+    let r = drbd::parse_params(rec.require("resource")?).map_err(|e| anyhow!(e))?;
+    let mut steps = Steps::default();
+    let d = deadline.at_least(attach::STEP_FLOOR);
+    let r2 = (|| -> Result<()> {
+        let dev_path = match rec.get("device") {
+            Some(p) => p.to_string(),
+            None => sh_dev(&r, &d)?,
+        };
+        let rdev = match attach::recorded_device(&rec) {
+            Some((_, rdev, _)) => rdev,
+            None => match attach::block_device(Path::new(&dev_path)) {
+                Ok(dev) => dev.rdev,
+                Err(e) => {
+                    log::debug(&format!("{dev_path}: {e:#}: nothing to demote"));
+                    return Ok(());
+                }
+            },
+        };
+        let _block = Lock::claim("block")?;
+        let users = attach::other_users(be, rdev)?;
+        if !users.is_empty() {
+            log::debug(&format!(
+                "DRBD resource {r} ({dev_path}) is still used by {}: not demoting it",
+                users.join(", ")
+            ));
+            return Ok(());
+        }
+        watchdog::phase("demoting the DRBD resource");
+        match role_if_up(&r, &d)? {
+            Some(Role::Primary) => drbdadm("secondary", &r).run_ok(&d).map(|_| ()),
+            Some(other) => {
+                log::debug(&format!("DRBD resource {r} is already {other}"));
+                Ok(())
+            }
+            None => {
+                log::debug(&format!("DRBD resource {r} is down: nothing to demote"));
+                Ok(())
+            }
+        }
+    })();
+    steps.run(&format!("demoting DRBD resource {r}"), r2);
+    if steps.ok() {
+        steps.run("deleting the remove record", state::delete(&key));
+    }
+    steps.finish()
+}
