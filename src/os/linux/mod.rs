@@ -324,6 +324,15 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
 fn remove(be: &Backend, script: &Script) -> Result<()> {
     let key = be.path.state_key();
     if let Some(rec) = state::load(&key)? {
+        if rec.get("kind") != Some("loop") {
+            // Written by another personality (block-iscsi, ...) for this backend: its own
+            // remove undoes it, not ours.
+            log::err(&format!(
+                "{key}: the record is a {} attachment, not a loop: left for its own script",
+                rec.get("kind").unwrap_or("unknown")
+            ));
+            return Ok(());
+        }
         let _lock = Lock::claim("block")?;
         return remove_recorded(&key, &rec);
     }
