@@ -29,6 +29,7 @@ while read -r m; do
 done </lib/modules/e2e/dom0.order
 
 mount -t xenfs xenfs /proc/xen
+ip link set lo up
 syslogd -O /var/log/messages
 xenstored --pid-file /run/xenstored.pid
 i=0

@@ -40,7 +40,7 @@ def vmlinux(src, dst):
                 break
         if out is None:
             sys.exit("e2e_tools: no xz/gzip ELF payload found in %s" % src)
-    tmp = dst + ".tmp"
+    tmp = "%s.tmp.%d" % (dst, os.getpid())
     with open(tmp, "wb") as f:
         f.write(out)
     os.rename(tmp, dst)

@@ -8,8 +8,8 @@
 #   tests/e2e/run.sh --self-test          run the negative control, exit 0 only if it failed
 #                                         the way it should (libxl's error text in the log)
 # Options:
-#   --only a,b,c     run only these scenarios (phy-rw file-rw file-ro share-phy share-file
-#                    share-guest-first guest-pv upstream-concurrent lock-interop nbd iscsi drbd)
+#   --only a,b,c     run only these scenarios (phy-rw file-rw file-ro share-phy share-file share-ro
+#                    guest-pv upstream-concurrent lock-interop nbd iscsi drbd leftovers)
 #   --xfail a,b      scenarios expected to FAIL (reported XFAIL, not counted as failures;
 #                    an unexpected PASS is reported XPASS and counted as a failure)
 #   --timeout SECS   hard limit for qemu (default 480)
@@ -36,7 +36,7 @@ die() { say "ERROR: $*"; exit 3; }
 while [ $# -gt 0 ]; do
 	case $1 in
 	--install-tree) MODE=tree TREE=${2:?}; shift ;;
-	--from-make) MODE=make ;;
+	--from-make) MODE="make" ;;
 	--debian-standin) MODE=debian ;;
 	--negative-control) MODE=negative ;;
 	--self-test) MODE=selftest ;;
@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [ -n "$MODE" ] || usage
-[ "$(id -u)" = 0 ] || die "must run as root (apt-get download/dpkg -x into $CACHE, loop-free host side but root-owned initramfs)"
+[ "$(id -u)" = 0 ] || die "must run as root (apt-get download into $CACHE, root-owned initramfs files)"
 
 # ------------------------------------------------------------------ self-test
 if [ "$MODE" = selftest ]; then
@@ -59,13 +59,15 @@ if [ "$MODE" = selftest ]; then
 	args=(--negative-control --log "$LOG" --timeout "$TIMEOUT")
 	[ -z "$ONLY" ] || args+=(--only "$ONLY")
 	rc=0
-	"$0" "${args[@]}" || rc=$?
+	E2E_SUMMARY_PREFIX="negative control (must fail) summary:" "$0" "${args[@]}" || rc=$?
 	if [ "$rc" != 1 ]; then
 		say "SELF-TEST FAIL: negative control exited $rc (expected 1 = scenarios failed; 0 = failure not detected, 3 = harness broken)"
+		echo "self-test: 0 passed, 1 failed" >&2
 		exit 1
 	fi
 	if ! grep -a -q 'script: E2E-NEGATIVE-CONTROL' "$LOG"; then
 		say "SELF-TEST FAIL: libxl's error text 'script: E2E-NEGATIVE-CONTROL ...' not in $LOG"
+		echo "self-test: 0 passed, 1 failed" >&2
 		exit 1
 	fi
 	if grep -a -q '^E2E-RESULT [^ ]* PASS' <(tr -d '\r' <"$LOG"); then
@@ -74,6 +76,7 @@ if [ "$MODE" = selftest ]; then
 	fi
 	say "SELF-TEST PASS: negative control failed as expected and libxl's error is in the log:"
 	grep -a -m3 'script: E2E-NEGATIVE-CONTROL' "$LOG" >&2
+	echo "self-test: 1 passed, 0 failed" >&2
 	exit 0
 fi
 
@@ -108,7 +111,9 @@ XEN_PKGS="xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common xenstore-uti
 	libxenstore4 libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenhypfs1
 	libxentoolcore1 libxentoollog1 libxendevicemodel1"
 QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios"
-PKGS="$XEN_PKGS $QEMU_PKGS busybox-static $KPKG"
+# servers and clients for the block-nbd scenario (run inside dom0)
+TOOL_PKGS="nbd-server nbd-client"
+PKGS="$XEN_PKGS $QEMU_PKGS $TOOL_PKGS busybox-static $KPKG"
 
 INSTALLED=" $(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 2>/dev/null | awk '$1 == "ii" {print $2}' | tr '\n' ' ') "
 installed() { case $INSTALLED in *" $1 "*) return 0 ;; esac; return 1; }
@@ -133,7 +138,8 @@ lib_deps() {
 fetch() {
 	local p want=() missing=() debs=()
 	mkdir -p "$CACHE/debs"
-	want=($PKGS $(lib_deps qemu-system-x86 xen-utils-4.17 xenstore-utils libxenmisc4.17))
+	# shellcheck disable=SC2206,SC2207 # package names: word splitting intended
+	want=($PKGS $(lib_deps qemu-system-x86 xen-utils-4.17 xenstore-utils libxenmisc4.17 $TOOL_PKGS))
 	for p in "${want[@]}"; do
 		compgen -G "$CACHE/debs/${p}_*.deb" >/dev/null || missing+=("$p")
 	done
@@ -148,19 +154,28 @@ fetch() {
 	for p in "${want[@]}"; do
 		debs+=("$(ls "$CACHE/debs/${p}"_*.deb | sort -V | tail -n1)")
 	done
-	local key
-	key=$(printf '%s\n' "${debs[@]##*/}" | sort | sha256sum | cut -c1-12)
-	ROOT=$CACHE/root.$key
-	if [ ! -e "$ROOT/.complete" ]; then
-		say "unpacking ${#debs[@]} packages into $ROOT"
-		rm -rf "$ROOT" "$ROOT.tmp"
-		mkdir -p "$ROOT.tmp"
-		for p in "${debs[@]}"; do dpkg -x "$p" "$ROOT.tmp"; done
-		touch "$ROOT.tmp/.complete"
-		mv "$ROOT.tmp" "$ROOT"
-		# older unpacked trees are stale
-		for p in "$CACHE"/root.*; do [ "$p" = "$ROOT" ] || rm -rf "$p"; done
-	fi
+	# Each .deb is unpacked once into its own immutable directory (atomic
+	# rename, so concurrent runs are safe); this run's root is a hard-link
+	# union of them.
+	local u fresh=0
+	mkdir -p "$CACHE/unpacked"
+	ROOT=$WORK/root
+	mkdir -p "$ROOT"
+	for p in "${debs[@]}"; do
+		u=$CACHE/unpacked/$(basename "$p" .deb)
+		if [ ! -e "$u/.complete" ]; then
+			rm -rf "$u.tmp.$$"
+			mkdir -p "$u.tmp.$$"
+			dpkg -x "$p" "$u.tmp.$$" || die "dpkg -x $p failed"
+			touch "$u.tmp.$$/.complete"
+			mv -T "$u.tmp.$$" "$u" 2>/dev/null || rm -rf "$u.tmp.$$"
+			fresh=$((fresh + 1))
+		fi
+		cp -al --remove-destination "$u/." "$ROOT/" 2>/dev/null || cp -a --remove-destination "$u/." "$ROOT/"
+	done
+	[ $fresh = 0 ] || say "unpacked $fresh new package(s) into $CACHE/unpacked"
+	XEN_DEB=$(basename "$(ls "$CACHE/debs/xen-hypervisor-4.17-amd64"_*.deb | sort -V | tail -n1)" .deb)
+	KERNEL_DEB=$(basename "$(ls "$CACHE/debs/${KPKG}"_*.deb | sort -V | tail -n1)" .deb)
 }
 
 T0=$(date +%s)
@@ -175,9 +190,9 @@ XEN_LD=$ROOT/usr/lib/x86_64-linux-gnu:$ROOT/lib/x86_64-linux-gnu
 for f in "$VMLINUZ" "$MODROOT" "$BB" "$QEMU" "$ROOT/boot/xen-4.17-amd64.gz"; do
 	[ -e "$f" ] || die "missing after unpack: $f"
 done
-XEN=$CACHE/xen-4.17-amd64.$(basename "$ROOT")
-[ -s "$XEN" ] || { gunzip -c "$ROOT/boot/xen-4.17-amd64.gz" >"$XEN.tmp" && mv "$XEN.tmp" "$XEN"; }
-GUEST_VMLINUX=$CACHE/vmlinux-$KVER
+XEN=$CACHE/$XEN_DEB.xen.elf
+[ -s "$XEN" ] || { gunzip -c "$ROOT/boot/xen-4.17-amd64.gz" >"$XEN.tmp.$$" && mv "$XEN.tmp.$$" "$XEN"; }
+GUEST_VMLINUX=$CACHE/$KERNEL_DEB.vmlinux
 [ -s "$GUEST_VMLINUX" ] || python3 "$HERE/e2e_tools.py" vmlinux "$VMLINUZ" "$GUEST_VMLINUX" ||
 	die "cannot decompress $VMLINUZ"
 if LD_LIBRARY_PATH=$QEMU_LD ldd "$QEMU" | grep -q 'not found'; then
@@ -270,6 +285,8 @@ build_dom0() {
 		put_bin "$ROOT/usr/lib/xen-4.17/bin/$f" usr/lib/xen-4.17/bin
 	done
 	for f in "$ROOT"/usr/bin/xenstore*; do put_bin "$f" usr/bin; done
+	put_bin "$ROOT/bin/nbd-server" usr/bin
+	put_bin "$ROOT/sbin/nbd-client" usr/sbin
 	cp "$ROOT/etc/xen/xl.conf" "$R/etc/xen/"
 	# Debian's script libraries (a drop-in keeps them for third-party scripts), and
 	# Debian's `block` under another name for the mixed-lock scenario
@@ -379,6 +396,7 @@ while read -r _ name status detail; do
 	printf '  %-6s %-20s %s\n' "$status" "$name" "$detail" >&2
 done < <(grep -a '^E2E-RESULT ' "$CLEAN" || true)
 DONE_LINE=$(grep -a -m1 '^E2E-DONE ' "$CLEAN" || true)
+[ -z "$DONE_LINE" ] || [ -n "$T_DONE" ] || T_DONE=$T_QEMU
 rc=0
 if [ -z "$DONE_LINE" ]; then
 	echo "  harness: no E2E-DONE in the serial log ($REASON)" >&2
@@ -395,6 +413,6 @@ fi
 [ -n "$DONE_LINE" ] && echo "  dom0 reported: $DONE_LINE" >&2
 echo "  timing: fetch ${T_FETCH}s, build ${T_BUILD}s, qemu ${T_QEMU}s (dom0 /init at ${T_INIT:-never}s, scenarios done at ${T_DONE:-never}s), total $(($(date +%s) - T_START))s" >&2
 echo "  qemu peak RSS: $((PEAK_KB / 1024)) MiB; serial log: $LOG" >&2
-echo "e2e: $npass passed, $nfail failed, $nskip skipped" >&2
+echo "${E2E_SUMMARY_PREFIX:-e2e:} $npass passed, $nfail failed, $nskip skipped" >&2
 [ "$nxfail" -eq 0 ] || echo "  ($nxfail expected failures: $XFAIL)" >&2
 exit $rc
