@@ -48,7 +48,10 @@ impl Frontend {
             .with_context(|| format!("backend node {}", be.path.node("mode")))?;
         let fe = be.require("frontend-id")?;
         let id: u32 = fe.parse().map_err(|_| {
-            anyhow!("backend node {} is not a domain id: {fe:?}", be.path.node("frontend-id"))
+            anyhow!(
+                "backend node {} is not a domain id: {fe:?}",
+                be.path.node("frontend-id")
+            )
         })?;
         let uuid = be
             .store

@@ -85,4 +85,3 @@ fn remove_never_detaches_a_reused_loop() {
     assert!(r.log.contains("disk sequence"), "{}", r.log);
     let _ = Command::new("losetup").args(["-d", &node2]).status();
 }
-
