@@ -146,29 +146,57 @@ impl Scan<'_> {
         )
     }
 
+    /// Upstream's walk over every other backend, in listing order, stopping at the first
+    /// conflict. The nodes it needs are fetched first, in three rounds of requests that the
+    /// store may pipeline (the domain directories; every `physical-device-path`; the
+    /// legacy `physical-device` where the path names no block device), so the cost is the
+    /// daemon's per request, not a round trip each. The walk then meets each result where
+    /// the one-at-a-time walk would have read it: an error after a conflict is never seen,
+    /// an error before it is returned.
     fn check_guests(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
         let root = &self.me.type_dir;
         let Some(doms) = self.store.list(root)? else {
             return Ok(None);
         };
-        let mut ours: Option<OurVm> = None;
-        for dom in doms {
-            let dom_dir = format!("{root}/{dom}");
-            // A domain directory removed while we list is simply gone.
-            let Some(devs) = self.store.list(&dom_dir)? else {
-                continue;
-            };
-            for dev in devs {
-                if dom == self.me.frontend.to_string() && dev == self.me.devid.to_string() {
-                    continue;
+        let dom_dirs: Vec<String> = doms.iter().map(|d| format!("{root}/{d}")).collect();
+        let mut listings = self.store.list_many(&dom_dirs);
+        // Nothing after a failed listing is looked at.
+        if let Some(bad) = listings.iter().position(|l| l.is_err()) {
+            listings.truncate(bad + 1);
+        }
+        let me_dom = self.me.frontend.to_string();
+        let me_dev = self.me.devid.to_string();
+        // Every other backend, in walk order: (index into doms, its path).
+        let mut others: Vec<(usize, String)> = Vec::new();
+        for (i, l) in listings.iter().enumerate() {
+            if let Ok(Some(devs)) = l {
+                for dev in devs {
+                    if doms[i] == me_dom && *dev == me_dev {
+                        continue;
+                    }
+                    others.push((i, format!("{}/{dev}", dom_dirs[i])));
                 }
-                let be = format!("{dom_dir}/{dev}");
-                let Some(d) = self.device_of(&be)? else {
+            }
+        }
+        let mut devices = self
+            .devices_of(others.iter().map(|(_, be)| be.as_str()))
+            .into_iter();
+        let mut others = others.into_iter().peekable();
+
+        let mut ours: Option<OurVm> = None;
+        for (i, listing) in listings.into_iter().enumerate() {
+            // A domain directory removed while we list is simply gone.
+            if listing?.is_none() {
+                continue;
+            }
+            while let Some((_, be)) = others.next_if(|(d, _)| *d == i) {
+                let Some(d) = devices.next().transpose()?.flatten() else {
                     continue;
                 };
                 if !cands.contains(&d) {
                     continue;
                 }
+                let dom = &doms[i];
                 let other_mode = match self.mode {
                     Mode::Read => {
                         Mode::canonicalise_other(self.store.read(&format!("{be}/mode"))?.as_deref())
@@ -186,12 +214,12 @@ impl Scan<'_> {
                     }),
                 };
                 let other_vm = self.store.read(&format!("/local/domain/{dom}/vm"))?;
-                let other_target_vm = self.target_vm(&dom)?;
+                let other_target_vm = self.target_vm(dom)?;
                 let same = same_vm(ours, other_vm.as_deref(), other_target_vm.as_deref());
                 if guest_conflicts(self.mode, other_mode, same) {
                     return Ok(Some(Holder::Guest {
                         dev: d,
-                        domid: dom,
+                        domid: dom.clone(),
                         backend: be,
                     }));
                 }
@@ -208,18 +236,31 @@ impl Scan<'_> {
         }
     }
 
-    /// Another backend's device: its `physical-device-path` when that is a block device
-    /// now, else its legacy `physical-device` node.
-    fn device_of(&self, be: &str) -> Result<Option<DevNum>> {
-        if let Some(p) = self.store.read(&format!("{be}/physical-device-path"))?
-            && let Some(d) = os::stat_block_device(&p)
-        {
-            return Ok(Some(d));
-        }
-        Ok(self
+    /// Each other backend's device, in order: its `physical-device-path` when that is a
+    /// block device now, else its legacy `physical-device` node (read only then).
+    fn devices_of<'b>(&self, bes: impl Iterator<Item = &'b str>) -> Vec<Result<Option<DevNum>>> {
+        let bes: Vec<&str> = bes.collect();
+        let paths: Vec<String> = bes
+            .iter()
+            .map(|be| format!("{be}/physical-device-path"))
+            .collect();
+        let mut out: Vec<Result<Option<DevNum>>> = self
             .store
-            .read(&format!("{be}/physical-device"))?
-            .and_then(|v| os::parse_physical_device(&v)))
+            .read_many(&paths)
+            .into_iter()
+            .map(|r| r.map(|p| p.as_deref().and_then(os::stat_block_device)))
+            .collect();
+        let legacy: Vec<usize> = (0..bes.len())
+            .filter(|&i| matches!(out[i], Ok(None)))
+            .collect();
+        let nodes: Vec<String> = legacy
+            .iter()
+            .map(|&i| format!("{}/physical-device", bes[i]))
+            .collect();
+        for (i, r) in legacy.into_iter().zip(self.store.read_many(&nodes)) {
+            out[i] = r.map(|v| v.and_then(|v| os::parse_physical_device(&v)));
+        }
+        out
     }
 }
 
@@ -291,6 +332,140 @@ mod tests {
         ));
     }
 
+    /// A store in a map that fails on chosen paths and records what was read.
+    #[derive(Default)]
+    struct Fake {
+        nodes: std::collections::BTreeMap<String, String>,
+        failing: Vec<String>,
+        reads: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Fake {
+        fn set(&mut self, k: &str, v: &str) {
+            self.nodes.insert(k.into(), v.into());
+        }
+        fn fails(&self, path: &str) -> Result<()> {
+            if self.failing.iter().any(|f| f == path) {
+                anyhow::bail!("injected failure at {path}");
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for Fake {
+        fn read(&self, path: &str) -> Result<Option<String>> {
+            self.reads.borrow_mut().push(path.into());
+            self.fails(path)?;
+            Ok(self.nodes.get(path).cloned())
+        }
+        fn write(&self, _: &str, _: &str) -> Result<()> {
+            unreachable!()
+        }
+        fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
+            self.fails(path)?;
+            let prefix = format!("{path}/");
+            let mut kids: Vec<String> = self
+                .nodes
+                .keys()
+                .filter_map(|k| k.strip_prefix(&prefix))
+                .map(|r| r.split('/').next().unwrap_or(r).to_string())
+                .collect();
+            kids.dedup();
+            Ok((!kids.is_empty()).then_some(kids))
+        }
+        fn rm(&self, _: &str) -> Result<()> {
+            unreachable!()
+        }
+    }
+
+    const DEV: DevNum = DevNum::new(7, 5);
+
+    /// Guests 1-3 and us (9): 1 uses 7:1, 2 uses our 7:5 read-write, 3 uses 7:3.
+    fn guests() -> Fake {
+        let mut f = Fake::default();
+        for (d, pd) in [(1, "7:1"), (2, "7:5"), (3, "7:3"), (9, "7:5")] {
+            f.set(&format!("backend/vbd/{d}/768/physical-device"), pd);
+            f.set(&format!("backend/vbd/{d}/768/mode"), "w");
+            f.set(&format!("/local/domain/{d}/vm"), &format!("/vm/{d}"));
+        }
+        // A path that is no block device falls back to the legacy node.
+        f.set("backend/vbd/1/768/physical-device-path", "/nonexistent/xbh");
+        f
+    }
+
+    fn scan(f: &Fake, mode: Mode) -> Result<Option<Holder>> {
+        let me = BackendPath::parse("backend/vbd/9/768", "backend", "vbd").unwrap();
+        Scan {
+            store: f,
+            me: &me,
+            frontend_id: 9,
+            frontend_uuid: "/vm/9".into(),
+            mode,
+        }
+        .check_guests(&[DEV])
+    }
+
+    #[test]
+    fn batched_walk_finds_the_first_holder_and_skips_us() {
+        let f = guests();
+        let h = scan(&f, Mode::Write).unwrap().unwrap();
+        assert_eq!(
+            h,
+            Holder::Guest {
+                dev: DEV,
+                domid: "2".into(),
+                backend: "backend/vbd/2/768".into()
+            }
+        );
+        {
+            let reads = f.reads.borrow();
+            assert!(
+                !reads.iter().any(|r| r.starts_with("backend/vbd/9/")),
+                "{reads:?}"
+            );
+            // Each other backend's nodes are read once.
+            let n = reads
+                .iter()
+                .filter(|r| *r == "backend/vbd/1/768/physical-device")
+                .count();
+            assert_eq!(n, 1, "{reads:?}");
+        }
+        // Read-only next to a writer conflicts; next to a reader it does not.
+        assert!(scan(&f, Mode::Read).unwrap().is_some());
+        let mut f = guests();
+        f.set("backend/vbd/2/768/mode", "r");
+        assert_eq!(scan(&f, Mode::Read).unwrap(), None);
+        // The same VM is no conflict.
+        f.set("/local/domain/2/vm", "/vm/9");
+        assert_eq!(scan(&f, Mode::Write).unwrap(), None);
+    }
+
+    #[test]
+    fn batched_walk_meets_errors_where_the_serial_walk_would() {
+        // A failure after the holder is never reached.
+        for late in ["backend/vbd/3", "backend/vbd/3/768/physical-device-path"] {
+            let mut f = guests();
+            f.failing.push(late.into());
+            assert!(scan(&f, Mode::Write).unwrap().is_some(), "{late}");
+        }
+        // A failure before it is the answer.
+        for early in [
+            "backend/vbd/1",
+            "backend/vbd/1/768/physical-device-path",
+            "backend/vbd/1/768/physical-device",
+        ] {
+            let mut f = guests();
+            f.failing.push(early.into());
+            let e = scan(&f, Mode::Write).unwrap_err();
+            assert!(e.to_string().contains(early), "{early}: {e}");
+        }
+        // No domains at all, or none but us.
+        assert_eq!(scan(&Fake::default(), Mode::Write).unwrap(), None);
+        let mut f = Fake::default();
+        f.set("backend/vbd/9/768/physical-device", "7:5");
+        assert_eq!(scan(&f, Mode::Write).unwrap(), None);
+    }
+
     #[test]
     fn messages_name_the_holder() {
         let g = Holder::Guest {
@@ -336,7 +511,9 @@ mod scan_tests {
             Ok(())
         }
         fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
-            Err(anyhow::anyhow!("cannot list xenstore directory {path}: E2BIG"))
+            Err(anyhow::anyhow!(
+                "cannot list xenstore directory {path}: E2BIG"
+            ))
         }
         fn rm(&self, _: &str) -> Result<()> {
             Ok(())

@@ -38,7 +38,9 @@ impl Record {
 
     pub fn parse(text: &str) -> Result<Record> {
         let mut r = Record::default();
-        for line in text.lines().filter(|l| !l.is_empty()) {
+        // Split on '\n' only: `lines()` would also eat a '\r' ending a value, and what
+        // `render` wrote must read back the same (found by fuzz/state_record).
+        for line in text.split('\n').filter(|l| !l.is_empty()) {
             let (k, v) = line
                 .split_once('=')
                 .ok_or_else(|| anyhow!("malformed record line {line:?}"))?;
@@ -119,6 +121,9 @@ mod tests {
         assert_eq!(text, "node=/dev/loop3\nparams=/a b=c\nrdev=7:3\n");
         assert_eq!(Record::parse(&text).unwrap(), r);
         assert!(Record::parse("garbage\n").is_err());
+        let mut cr = Record::default();
+        cr.set("params", "/srv/disk\r");
+        assert_eq!(Record::parse(&cr.render().unwrap()).unwrap(), cr);
         let mut bad = Record::default();
         bad.set("params", "a\nb");
         assert!(bad.render().is_err());
