@@ -58,25 +58,41 @@ pub fn redirect_stderr() {
 /// Where syslogd listens: Linux `/dev/log`; NetBSD and FreeBSD `/var/run/log`.
 const SYSLOG_SOCKETS: [&str; 2] = ["/dev/log", "/var/run/log"];
 
+/// Connected once per run to the socket that listens; `None` inside when none does, so
+/// later lines go to stderr without trying again.
+static SYSLOG: OnceLock<Option<UnixDatagram>> = OnceLock::new();
+
 fn syslog(level: u8, msg: &str) -> bool {
     let line = format!("<{}>root: {}: {}", LOG_DAEMON | level, prefix(), msg);
-    match UnixDatagram::unbound() {
-        Ok(sock) => SYSLOG_SOCKETS
-            .iter()
-            .any(|p| sock.send_to(line.as_bytes(), p).is_ok()),
-        Err(_) => false,
+    let sock = SYSLOG.get_or_init(|| {
+        SYSLOG_SOCKETS.iter().find_map(|p| {
+            let s = UnixDatagram::unbound().ok()?;
+            s.connect(p).ok()?;
+            Some(s)
+        })
+    });
+    match sock {
+        Some(s) => s.send(line.as_bytes()).is_ok(),
+        None => false,
     }
+}
+
+/// One line to stderr in one `write`, so concurrent scripts' lines do not interleave.
+fn to_stderr(msg: &str) {
+    use std::io::Write;
+    let line = format!("{}: {}\n", prefix(), msg);
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// An error: to syslog and to the hotplug log (stderr).
 pub fn err(msg: &str) {
     syslog(LOG_ERR, msg);
-    eprintln!("{}: {}", prefix(), msg);
+    to_stderr(msg);
 }
 
 /// A debug line: syslog only, like the scripts' `log debug`; stderr when syslog is down.
 pub fn debug(msg: &str) {
     if !syslog(LOG_DEBUG, msg) {
-        eprintln!("{}: {}", prefix(), msg);
+        to_stderr(msg);
     }
 }
