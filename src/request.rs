@@ -1,8 +1,10 @@
 //! What every `add` reads first, the same on every OS and for every personality.
 
+use std::io;
+
 use anyhow::{Context, Result, anyhow};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, busy};
 use crate::log;
 use crate::mode::Mode;
 use crate::sharing::Scan;
@@ -70,4 +72,20 @@ impl Frontend {
             mode: self.mode,
         }
     }
+}
+
+/// The refusal for a read-only file asked read-write (upstream's wording), a `busy`.
+pub fn read_only_file(path: &str) -> anyhow::Error {
+    busy(format!(
+        "File {path} is read-only, and so I will not\nmount it read-write in a guest domain."
+    ))
+}
+
+/// Whether opening for writing failed because the file cannot be written: a read-only
+/// file system, permissions, an immutable file, a running executable.
+pub fn refused_write(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EROFS | nix::libc::EACCES | nix::libc::EPERM | nix::libc::ETXTBSY)
+    )
 }

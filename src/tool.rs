@@ -407,8 +407,15 @@ fn child_path() -> Vec<PathBuf> {
     dirs
 }
 
+/// `O_TMPFILE` where the OS has it (Linux). Elsewhere no flag: opening the directory for
+/// writing then fails (EISDIR) and the named fallback is used.
+#[cfg(target_os = "linux")]
+const O_TMPFILE: i32 = nix::libc::O_TMPFILE;
+#[cfg(not(target_os = "linux"))]
+const O_TMPFILE: i32 = 0;
+
 /// An unnamed temporary file (`O_TMPFILE`), or a named one unlinked at once where the
-/// file system lacks `O_TMPFILE`.
+/// file system or OS lacks `O_TMPFILE`.
 fn capture_file() -> io::Result<File> {
     let dir = std::env::temp_dir();
     let dir = if dir.is_absolute() {
@@ -420,7 +427,7 @@ fn capture_file() -> io::Result<File> {
         .read(true)
         .write(true)
         .mode(0o600)
-        .custom_flags(nix::libc::O_TMPFILE)
+        .custom_flags(O_TMPFILE)
         .open(&dir)
     {
         Ok(f) => Ok(f),

@@ -1,5 +1,6 @@
 //! `block-drbd` against a real oxenstored, with the fake `drbdadm` of tests/fakes whose
 //! `/dev/drbdN` are nodes of real loop devices.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

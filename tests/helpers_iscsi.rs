@@ -1,5 +1,6 @@
 //! `block-iscsi` against a real oxenstored, with the fake `iscsiadm`/`multipath` of
 //! tests/fakes backing LUNs with real loop devices.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

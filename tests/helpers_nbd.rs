@@ -1,5 +1,6 @@
 //! `block-nbd` against a real oxenstored, with the fake `nbd-client` of tests/fakes
 //! connecting test-root `/dev/nbdN` nodes to real loop devices.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -21,7 +21,7 @@ use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
 use crate::mountinfo::Mount;
-use crate::request::Frontend;
+use crate::request::{Frontend, read_only_file, refused_write};
 use crate::script::Script;
 use crate::sharing::{self, Holder, OurVm};
 use crate::xs::Store;
@@ -239,20 +239,10 @@ pub fn add(be: &Backend, script: &Script, sys: &System) -> Result<()> {
         let writable = meta.mode() & 0o222 != 0
             && match OpenOptions::new().read(true).write(true).open(&real) {
                 Ok(_) => true,
-                Err(e) => !matches!(
-                    e.raw_os_error(),
-                    Some(
-                        nix::libc::EROFS
-                            | nix::libc::EACCES
-                            | nix::libc::EPERM
-                            | nix::libc::ETXTBSY
-                    )
-                ),
+                Err(e) => !refused_write(&e),
             };
         if !writable {
-            return Err(busy(format!(
-                "{what} is read-only, and so I will not\nmount it read-write in a guest domain."
-            )));
+            return Err(read_only_file(&real));
         }
     }
     let lock = Lock::claim_in(sys.lock_dir, "block")?;

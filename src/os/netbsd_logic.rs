@@ -19,7 +19,7 @@ use crate::invocation::Action;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
-use crate::request::{AddNodes, Frontend};
+use crate::request::{AddNodes, Frontend, read_only_file, refused_write};
 use crate::script::Script;
 use crate::sharing::{self, Holder, Scan};
 use crate::state::Record;
@@ -316,12 +316,6 @@ fn publish(be: &Backend, path: &str, dev: DevNum) -> Result<()> {
     be.report_success()
 }
 
-fn read_only_file(path: &str) -> anyhow::Error {
-    busy(format!(
-        "File {path} is read-only, and so I will not\nmount it read-write in a guest domain."
-    ))
-}
-
 fn add_file(
     sys: &dyn NetBsd,
     be: &Backend,
@@ -347,18 +341,7 @@ fn add_file(
     match sys.open_check(path, read_only) {
         Ok(opened) if opened == backing => {}
         Ok(_) => bail!("{path} was replaced while being attached"),
-        Err(e)
-            if !read_only
-                && matches!(
-                    e.raw_os_error(),
-                    Some(
-                        nix::libc::EROFS
-                            | nix::libc::EACCES
-                            | nix::libc::EPERM
-                            | nix::libc::ETXTBSY
-                    )
-                ) =>
-        {
+        Err(e) if !read_only && refused_write(&e) => {
             return Err(read_only_file(path).context(e.to_string()));
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {path}")),

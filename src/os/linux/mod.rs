@@ -20,7 +20,7 @@ use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
 use crate::mountinfo::{self, Mount};
-use crate::request::{AddNodes, Frontend};
+use crate::request::{AddNodes, Frontend, read_only_file, refused_write};
 use crate::script::Script;
 use crate::sharing::{self, Scan};
 use crate::state::{self, Record};
@@ -218,12 +218,6 @@ fn add_phy(be: &Backend, scan: &Scan, fd: &File, path: &str, rdev: DevNum) -> Re
     Ok(())
 }
 
-fn read_only_file(path: &str) -> anyhow::Error {
-    busy(format!(
-        "File {path} is read-only, and so I will not\nmount it read-write in a guest domain."
-    ))
-}
-
 fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -> Result<()> {
     let lock = Lock::claim("block")?;
     let key = be.path.state_key();
@@ -248,18 +242,7 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
     }
     let backing = match reopen(fd, scan.mode.writable()) {
         Ok(f) => f,
-        Err(e)
-            if scan.mode.writable()
-                && matches!(
-                    e.raw_os_error(),
-                    Some(
-                        nix::libc::EROFS
-                            | nix::libc::EACCES
-                            | nix::libc::EPERM
-                            | nix::libc::ETXTBSY
-                    )
-                ) =>
-        {
+        Err(e) if scan.mode.writable() && refused_write(&e) => {
             return Err(read_only_file(path).context(e.to_string()));
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {path}")),
