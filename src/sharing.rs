@@ -197,26 +197,7 @@ impl Scan<'_> {
                     continue;
                 }
                 let dom = &doms[i];
-                let other_mode = match self.mode {
-                    Mode::Read => {
-                        Mode::canonicalise_other(self.store.read(&format!("{be}/mode"))?.as_deref())
-                    }
-                    _ => Mode::Write,
-                };
-                if other_mode != Mode::Write && self.mode == Mode::Read {
-                    continue;
-                }
-                let ours = match ours {
-                    Some(ref o) => o,
-                    None => ours.insert(OurVm {
-                        uuid: self.frontend_uuid.clone(),
-                        target_vm: self.target_vm(&self.frontend_id.to_string())?,
-                    }),
-                };
-                let other_vm = self.store.read(&format!("/local/domain/{dom}/vm"))?;
-                let other_target_vm = self.target_vm(dom)?;
-                let same = same_vm(ours, other_vm.as_deref(), other_target_vm.as_deref());
-                if guest_conflicts(self.mode, other_mode, same) {
+                if self.conflicts_with(dom, &be, &mut ours)? {
                     return Ok(Some(Holder::Guest {
                         dev: d,
                         domid: dom.clone(),
@@ -226,6 +207,32 @@ impl Scan<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// Whether backend `be` of domain `dom`, which uses one of our devices, conflicts with
+    /// this request, by upstream's rules (its `mode` for a read-only request, `same_vm`).
+    /// `ours` caches our own VM identity across calls, read only when first needed.
+    pub fn conflicts_with(&self, dom: &str, be: &str, ours: &mut Option<OurVm>) -> Result<bool> {
+        let other_mode = match self.mode {
+            Mode::Read => {
+                Mode::canonicalise_other(self.store.read(&format!("{be}/mode"))?.as_deref())
+            }
+            _ => Mode::Write,
+        };
+        if other_mode != Mode::Write && self.mode == Mode::Read {
+            return Ok(false);
+        }
+        let ours = match ours {
+            Some(o) => o,
+            None => ours.insert(OurVm {
+                uuid: self.frontend_uuid.clone(),
+                target_vm: self.target_vm(&self.frontend_id.to_string())?,
+            }),
+        };
+        let other_vm = self.store.read(&format!("/local/domain/{dom}/vm"))?;
+        let other_target_vm = self.target_vm(dom)?;
+        let same = same_vm(ours, other_vm.as_deref(), other_target_vm.as_deref());
+        Ok(guest_conflicts(self.mode, other_mode, same))
     }
 
     /// The `vm` of the domain a (stub)domain serves, if it has a `target`.

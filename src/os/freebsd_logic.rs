@@ -16,15 +16,13 @@ use anyhow::{Context, Result, bail};
 
 use crate::backend::{Backend, busy};
 use crate::devnum::DevNum;
-use crate::invocation::BackendPath;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
 use crate::mountinfo::Mount;
 use crate::request::{Frontend, read_only_file, refused_write};
 use crate::script::Script;
-use crate::sharing::{self, Holder, OurVm};
-use crate::xs::Store;
+use crate::sharing::{self, Holder, OurVm, Scan};
 
 /// What a path names, for comparing two backends' paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,83 +92,45 @@ pub fn expand(params: &str) -> String {
     }
 }
 
-/// The other backends of this domain, compared by what their `physical-device-path`
-/// names now.
-pub struct GuestScan<'a> {
-    pub store: &'a dyn Store,
-    pub me: &'a BackendPath,
-    pub frontend_id: u32,
-    pub frontend_uuid: String,
-    pub mode: Mode,
-}
-
-impl GuestScan<'_> {
-    /// The first other backend that uses `ours` in a conflicting way. `stat` says what a
-    /// path names (`None` when it names nothing usable).
-    pub fn check(
-        &self,
-        ours: Target,
-        stat: &dyn Fn(&str) -> Option<Target>,
-    ) -> Result<Option<Holder>> {
-        let root = &self.me.type_dir;
-        let Some(doms) = self.store.list(root)? else {
-            return Ok(None);
+/// The first other backend of this domain whose `physical-device-path` names `ours` now
+/// and conflicts with the request (`Scan::conflicts_with`: Linux's rules). `stat` says
+/// what a path names (`None` when it names nothing usable).
+pub fn guest_holder(
+    scan: &Scan,
+    ours: Target,
+    stat: &dyn Fn(&str) -> Option<Target>,
+) -> Result<Option<Holder>> {
+    let root = &scan.me.type_dir;
+    let Some(doms) = scan.store.list(root)? else {
+        return Ok(None);
+    };
+    let mut our_vm: Option<OurVm> = None;
+    for dom in doms {
+        let dom_dir = format!("{root}/{dom}");
+        let Some(devs) = scan.store.list(&dom_dir)? else {
+            continue;
         };
-        let mut our_vm: Option<OurVm> = None;
-        for dom in doms {
-            let dom_dir = format!("{root}/{dom}");
-            let Some(devs) = self.store.list(&dom_dir)? else {
+        for dev in devs {
+            if dom == scan.me.frontend.to_string() && dev == scan.me.devid.to_string() {
+                continue;
+            }
+            let be = format!("{dom_dir}/{dev}");
+            let Some(path) = scan.store.read(&format!("{be}/physical-device-path"))? else {
                 continue;
             };
-            for dev in devs {
-                if dom == self.me.frontend.to_string() && dev == self.me.devid.to_string() {
-                    continue;
-                }
-                let be = format!("{dom_dir}/{dev}");
-                let Some(path) = self.store.read(&format!("{be}/physical-device-path"))? else {
-                    continue;
-                };
-                if path.is_empty() || stat(&path) != Some(ours) {
-                    continue;
-                }
-                let other_mode = match self.mode {
-                    Mode::Read => {
-                        Mode::canonicalise_other(self.store.read(&format!("{be}/mode"))?.as_deref())
-                    }
-                    _ => Mode::Write,
-                };
-                if self.mode == Mode::Read && other_mode != Mode::Write {
-                    continue;
-                }
-                let ours_vm = match our_vm {
-                    Some(ref o) => o,
-                    None => our_vm.insert(OurVm {
-                        uuid: self.frontend_uuid.clone(),
-                        target_vm: self.target_vm(&self.frontend_id.to_string())?,
-                    }),
-                };
-                let other_vm = self.store.read(&format!("/local/domain/{dom}/vm"))?;
-                let other_target_vm = self.target_vm(&dom)?;
-                let same =
-                    sharing::same_vm(ours_vm, other_vm.as_deref(), other_target_vm.as_deref());
-                if sharing::guest_conflicts(self.mode, other_mode, same) {
-                    return Ok(Some(Holder::Guest {
-                        dev: ours.dev_num(),
-                        domid: dom,
-                        backend: be,
-                    }));
-                }
+            if path.is_empty() || stat(&path) != Some(ours) {
+                continue;
+            }
+            if scan.conflicts_with(&dom, &be, &mut our_vm)? {
+                return Ok(Some(Holder::Guest {
+                    dev: ours.dev_num(),
+                    domid: dom,
+                    backend: be,
+                }));
             }
         }
-        Ok(None)
     }
-
-    fn target_vm(&self, domid: &str) -> Result<Option<String>> {
-        match self.store.read(&format!("/local/domain/{domid}/target"))? {
-            Some(t) if !t.is_empty() => self.store.read(&format!("/local/domain/{t}/vm")),
-            _ => Ok(None),
-        }
-    }
+    Ok(None)
 }
 
 /// What `add` needs from the system besides files and xenstore.
@@ -249,14 +209,7 @@ pub fn add(be: &Backend, script: &Script, sys: &System) -> Result<()> {
     if mode != Mode::Force {
         let holder = match mount_holder(target, &(sys.mounts)()?, mode) {
             Some(h) => Some(h),
-            None => GuestScan {
-                store: be.store,
-                me: &be.path,
-                frontend_id: frontend.id,
-                frontend_uuid: frontend.uuid.clone(),
-                mode,
-            }
-            .check(target, &|p: &str| {
+            None => guest_holder(&frontend.scan(be), target, &|p: &str| {
                 fs::metadata(p).ok().and_then(|m| Target::of(&m))
             })?,
         };
@@ -276,6 +229,8 @@ pub fn add(be: &Backend, script: &Script, sys: &System) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invocation::BackendPath;
+    use crate::xs::Store;
     use crate::os::mem_store::MemStore;
 
     const ROOT: &str = "/local/domain/0/backend/vbd";
@@ -310,15 +265,14 @@ mod tests {
 
     fn check(s: &MemStore, mode: Mode, ours: Target) -> Option<Holder> {
         let me = me();
-        GuestScan {
+        let scan = Scan {
             store: s,
             me: &me,
             frontend_id: 5,
             frontend_uuid: "/vm/five".into(),
             mode,
-        }
-        .check(ours, &stat)
-        .unwrap()
+        };
+        guest_holder(&scan, ours, &stat).unwrap()
     }
 
     fn other(s: &MemStore, dom: u32, path: &str, mode: &str) {
