@@ -89,3 +89,17 @@ pub fn refused_write(e: &io::Error) -> bool {
         Some(nix::libc::EROFS | nix::libc::EACCES | nix::libc::EPERM | nix::libc::ETXTBSY)
     )
 }
+
+/// Upstream's guard for file backends, under the lock: libxl runs `add` once the backend
+/// is in InitWait (2); any other state means a remove is racing this add.
+pub fn require_init_wait(be: &Backend) -> Result<()> {
+    let state = be.read("state")?;
+    if state.as_deref() != Some("2") {
+        return Err(anyhow!(
+            "Path closed or removed during hotplug add: {} state: {}",
+            be.path.path,
+            state.as_deref().unwrap_or("unknown")
+        ));
+    }
+    Ok(())
+}

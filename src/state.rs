@@ -36,6 +36,17 @@ impl Record {
         self.get(k).ok_or_else(|| anyhow!("record has no {k}"))
     }
 
+    /// Refuses a record written by another personality for the same backend.
+    pub fn require_kind(&self, kind: &str, backend: &str) -> Result<()> {
+        match self.get("kind") {
+            Some(k) if k == kind => Ok(()),
+            k => Err(anyhow!(
+                "the remove record of {backend} is of kind {:?}, not {kind}",
+                k.unwrap_or("")
+            )),
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Record> {
         let mut r = Record::default();
         // Split on '\n' only: `lines()` would also eat a '\r' ending a value, and what

@@ -19,7 +19,7 @@ use crate::invocation::Action;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
-use crate::request::{AddNodes, Frontend, read_only_file, refused_write};
+use crate::request::{AddNodes, Frontend, read_only_file, refused_write, require_init_wait};
 use crate::script::Script;
 use crate::sharing::{self, Holder, Scan};
 use crate::state::Record;
@@ -325,15 +325,7 @@ fn add_file(
     perm: u32,
 ) -> Result<()> {
     let lock = sys.lock()?;
-    // Avoid racing a remove: libxl waits for InitWait (2) before running us.
-    let state = be.read("state")?;
-    if state.as_deref() != Some("2") {
-        bail!(
-            "Path closed or removed during hotplug add: {} state: {}",
-            be.path.path,
-            state.as_deref().unwrap_or("unknown")
-        );
-    }
+    require_init_wait(be)?;
     let read_only = scan.mode == Mode::Read;
     if !read_only && perm & 0o222 == 0 {
         return Err(read_only_file(path));

@@ -437,13 +437,7 @@ pub fn remove(be: &Backend) -> Result<()> {
             }
         },
     };
-    if rec.get("kind") != Some(KIND) {
-        return Err(anyhow!(
-            "the remove record of {} is of kind {:?}, not {KIND}",
-            be.path.path,
-            rec.get("kind").unwrap_or("")
-        ));
-    }
+    rec.require_kind(KIND, &be.path.path)?;
     let iqn = rec.require("iqn")?.to_string();
     let portal = rec
         .get("portal")

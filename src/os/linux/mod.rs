@@ -20,7 +20,7 @@ use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
 use crate::mountinfo::{self, Mount};
-use crate::request::{AddNodes, Frontend, read_only_file, refused_write};
+use crate::request::{AddNodes, Frontend, read_only_file, refused_write, require_init_wait};
 use crate::script::Script;
 use crate::sharing::{self, Scan};
 use crate::state::{self, Record};
@@ -228,15 +228,7 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
         log::err(&format!("{key}: cleaning up an unfinished earlier attach"));
         remove_recorded(&key, &old)?;
     }
-    // Avoid racing a remove: libxl waits for InitWait (2) before running us.
-    let state = be.read("state")?;
-    if state.as_deref() != Some("2") {
-        bail!(
-            "Path closed or removed during hotplug add: {} state: {}",
-            be.path.path,
-            state.as_deref().unwrap_or("unknown")
-        );
-    }
+    require_init_wait(be)?;
     if scan.mode == Mode::Write && meta.mode() & 0o222 == 0 {
         return Err(read_only_file(path));
     }

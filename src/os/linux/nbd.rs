@@ -194,13 +194,7 @@ pub fn remove(be: &Backend) -> Result<()> {
         ));
         return Ok(());
     };
-    if rec.get("kind") != Some(KIND) {
-        return Err(anyhow!(
-            "the remove record of {} is of kind {:?}, not {KIND}",
-            be.path.path,
-            rec.get("kind").unwrap_or("")
-        ));
-    }
+    rec.require_kind(KIND, &be.path.path)?;
     let device = rec.require("device")?.to_string();
     let index = std::path::Path::new(&device)
         .file_name()
