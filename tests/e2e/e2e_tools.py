@@ -51,7 +51,7 @@ def norm(name):
 
 
 # softdep targets that are aliases rather than module names
-ALIASES = {"crc32c": "crc32c_generic"}
+ALIASES = {"crc32c": "crc32c_generic", "crct10dif": "crct10dif_generic"}
 
 
 def modinfo(path):

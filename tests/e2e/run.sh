@@ -12,7 +12,7 @@
 #                    guest-pv upstream-concurrent lock-interop nbd iscsi drbd leftovers)
 #   --xfail a,b      scenarios expected to FAIL (reported XFAIL, not counted as failures;
 #                    an unexpected PASS is reported XPASS and counted as a failure)
-#   --timeout SECS   hard limit for qemu (default 480)
+#   --timeout SECS   hard limit for qemu (default 600)
 #   --log FILE       serial log path (default /tmp/xbh-e2e-<mode>.log)
 #   --keep           keep the work directory (initramfs trees) for inspection
 # Environment: E2E_CACHE (default /var/cache/xbh-e2e) holds downloaded .debs and
@@ -25,7 +25,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${E2E_CACHE:-/var/cache/xbh-e2e}
-TIMEOUT=480
+TIMEOUT=600
 MODE="" TREE="" ONLY="" XFAIL="" LOG="" KEEP=0
 T_START=$(date +%s)
 
@@ -111,8 +111,9 @@ XEN_PKGS="xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common xenstore-uti
 	libxenstore4 libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenhypfs1
 	libxentoolcore1 libxentoollog1 libxendevicemodel1"
 QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios"
-# servers and clients for the block-nbd scenario (run inside dom0)
-TOOL_PKGS="nbd-server nbd-client"
+# servers and clients for the block-nbd, block-iscsi and block-drbd scenarios (run
+# inside dom0), and udev for the /dev/disk/by-path links block-iscsi waits for
+TOOL_PKGS="nbd-server nbd-client tgt open-iscsi drbd-utils udev"
 PKGS="$XEN_PKGS $QEMU_PKGS $TOOL_PKGS busybox-static $KPKG"
 
 INSTALLED=" $(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 2>/dev/null | awk '$1 == "ii" {print $2}' | tr '\n' ' ') "
@@ -287,6 +288,26 @@ build_dom0() {
 	for f in "$ROOT"/usr/bin/xenstore*; do put_bin "$f" usr/bin; done
 	put_bin "$ROOT/bin/nbd-server" usr/bin
 	put_bin "$ROOT/sbin/nbd-client" usr/sbin
+	# iSCSI: tgt (target), open-iscsi (initiator), udev (by-path links)
+	put_bin "$ROOT/usr/sbin/tgtd" usr/sbin
+	put_bin "$ROOT/usr/sbin/tgtadm" usr/sbin
+	put_bin "$ROOT/sbin/iscsid" usr/sbin
+	put_bin "$ROOT/sbin/iscsiadm" usr/sbin
+	mkdir -p "$R/etc/iscsi"
+	cp "$ROOT/etc/iscsi/iscsid.conf" "$R/etc/iscsi/"
+	echo "InitiatorName=iqn.1993-08.org.debian:01:e2edom0" >"$R/etc/iscsi/initiatorname.iscsi"
+	put_bin "$ROOT/bin/udevadm" usr/bin
+	mkdir -p "$R/usr/lib/systemd" "$R/usr/lib/udev/rules.d" "$R/etc/udev/rules.d"
+	ln -s ../../bin/udevadm "$R/usr/lib/systemd/systemd-udevd"
+	put_bin "$ROOT/lib/udev/scsi_id" usr/lib/udev
+	cp "$ROOT/lib/udev/rules.d/60-persistent-storage.rules" "$R/usr/lib/udev/rules.d/"
+	# DRBD: drbdadm execs the 8.4 tools for the 8.4 kernel module
+	for f in drbdadm drbdsetup drbdmeta; do put_bin "$ROOT/sbin/$f" usr/sbin; done
+	for f in drbdadm-84 drbdsetup-84; do
+		put_bin "$ROOT/lib/drbd/$f" usr/lib/drbd
+		ln -s ../lib/drbd/$f "$R/usr/sbin/$f"
+	done
+	mkdir -p "$R/etc/drbd.d" "$R/var/lib/drbd"
 	cp "$ROOT/etc/xen/xl.conf" "$R/etc/xen/"
 	# Debian's script libraries (a drop-in keeps them for third-party scripts), and
 	# Debian's `block` under another name for the mixed-lock scenario
@@ -314,7 +335,7 @@ build_dom0() {
 	# kernel modules, flattened, with load order resolved from modinfo
 	python3 "$HERE/e2e_tools.py" moddeps "$MODROOT" xen-evtchn xen-privcmd xenfs xen-gntdev \
 		xen-gntalloc loop xen-blkback xen-blkfront >"$WORK/dom0.mods"
-	python3 "$HERE/e2e_tools.py" moddeps "$MODROOT" nbd drbd iscsi_tcp >"$WORK/extra.mods"
+	python3 "$HERE/e2e_tools.py" moddeps "$MODROOT" nbd crc32c_generic drbd iscsi_tcp sd_mod >"$WORK/extra.mods"
 	for f in $(cat "$WORK/dom0.mods" "$WORK/extra.mods"); do cp "$MODROOT/$f" "$R/lib/modules/e2e/"; done
 	xargs -n1 basename <"$WORK/dom0.mods" >"$R/lib/modules/e2e/dom0.order"
 	xargs -n1 basename <"$WORK/extra.mods" | grep -vxF -f "$R/lib/modules/e2e/dom0.order" \

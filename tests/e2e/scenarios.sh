@@ -546,11 +546,222 @@ probe_helper() {
 	return 0
 }
 
-# Scenario 6 hooks: block-iscsi / block-drbd against real servers are still to
-# be written (iscsi_tcp and drbd modules are in /lib/modules/e2e/extra.order).
-sc_helper_hook() {
-	probe_helper "$1" || return 0
-	skip "$1" "SKIP: block-$1 present but the real-server scenario is not written yet (hook)"
+# drop_leftover_vbds: detach dom0 vbds a failed check left behind (before the
+# daemons or resources they use are torn down)
+drop_leftover_vbds() {
+	local v
+	for v in xvdb xvdc xvdd; do
+		xenstore-exists "$(be_path 0 $v)" 2>/dev/null || continue
+		log "  cleanup: detaching leftover $v"
+		xl block-detach 0 $v >/dev/null 2>&1
+		xenstore-rm "$(be_path 0 $v)" "$(fe_path 0 $v)" 2>/dev/null
+	done
+	return 0
+}
+# load_extra MOD: insmod /lib/modules/e2e/extra.order (dependencies first) up to MOD
+load_extra() {
+	local m n
+	while read -r m; do
+		[ -n "$m" ] || continue
+		n=${m%.ko}
+		n=${n//-/_}
+		[ -e "/sys/module/$n" ] || insmod "/lib/modules/e2e/$m" || log "  insmod $m failed"
+		[ "$n" = "${1//-/_}" ] && break
+	done </lib/modules/e2e/extra.order
+}
+# need_tools TOOL...: record a failure (and return 1) if a tool is missing from dom0
+need_tools() {
+	local t miss=""
+	for t in "$@"; do command -v "$t" >/dev/null || miss="$miss $t"; done
+	[ -z "$miss" ] && return 0
+	bad "missing from the dom0 image:$miss"
+	return 1
+}
+# bg_start NAME CMD...: run a daemon in the foreground of a background job; sets BG_PID
+BG_PID=""
+bg_start() {
+	local name=$1
+	shift
+	"$@" >"/tmp/$name.log" 2>&1 &
+	BG_PID=$!
+	log "  started $name (pid $BG_PID): $*"
+}
+# bg_stop NAME PID: stop a daemon started by bg_start, show the tail of its output
+bg_stop() {
+	[ -n "$2" ] || return 0
+	kill "$2" 2>/dev/null
+	wait_until 5 eval '! kill -0 '"$2"' 2>/dev/null' || kill -9 "$2" 2>/dev/null
+	wait "$2" 2>/dev/null
+	if [ -s "/tmp/$1.log" ]; then
+		log "  --- $1 output (tail)"
+		tail -n 15 "/tmp/$1.log" | sed 's/^/  | /'
+	fi
+}
+
+ISCSI_IQN=iqn.2026-01.org.xbh-e2e:disk1
+iscsi_sessions() { iscsiadm -m session 2>/dev/null | grep -c -F "$ISCSI_IQN" || true; }
+# iscsid_up PID: iscsid alive and answering iscsiadm (exit 20 = cannot connect to iscsid)
+iscsid_up() {
+	kill -0 "$1" 2>/dev/null || return 1
+	iscsiadm -m session >/dev/null 2>&1
+	[ $? != 20 ]
+}
+# refused_second_iscsi TARGET: a second rw attach of the same LUN (xvdc) must be busy
+refused_second_iscsi() {
+	local err be
+	be=$(be_path 0 xvdc)
+	if dom0_attach xvdc "access=rw, script=block-iscsi, target=$1"; then
+		bad "second rw block-attach of the same LUN succeeded"
+		xl block-detach 0 xvdc >/dev/null 2>&1
+		return 1
+	fi
+	log "  ok: second rw block-attach of the same LUN failed"
+	err=$(xl_script_error)
+	ok "libxl output carries the script's hotplug-error ($err)" test -n "$err"
+	if xenstore-exists "$be" 2>/dev/null; then
+		ok "refused backend: hotplug-status = busy" eq "$(xsr "$be/hotplug-status")" busy
+		ok "refused backend: no physical-device" eval '[ -z "$(xsr "'"$be"'/physical-device")" ]'
+		# its remove must not log out the session the first disk uses
+		xlrun block-detach 0 xvdc || true
+		xenstore-rm "$be" "$(fe_path 0 xvdc)" 2>/dev/null || true
+	fi
+	ok "the first disk's session survived the refusal and its remove" eq "$(iscsi_sessions)" 1
+}
+
+sc_iscsi() {
+	load_extra sd_mod
+	probe_helper iscsi || return 0
+	begin iscsi "block-iscsi against tgtd in dom0 (open-iscsi, iscsi_tcp, udev by-path links)"
+	local img be m="" tpid="" ipid="" upid="" target dev link
+	ok "iscsi_tcp and sd_mod loaded" eval '[ -e /sys/module/iscsi_tcp ] && [ -e /sys/module/sd_mod ]'
+	if ! need_tools tgtd tgtadm iscsid iscsiadm udevadm /usr/lib/systemd/systemd-udevd; then
+		finish
+		return
+	fi
+	img=$(mkimg iscsi 16)
+	link=/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-$ISCSI_IQN-lun-1
+	target="iqn=$ISCSI_IQN,portal=127.0.0.1:3260,lun=1"
+	# udev: Debian's systemd-udevd with its 60-persistent-storage rules makes the link
+	mkdir -p /run/udev
+	bg_start udevd /usr/lib/systemd/systemd-udevd --resolve-names=never
+	upid=$BG_PID
+	# no `udevadm trigger`: only the iSCSI disk, added after this, needs its link
+	ok "systemd-udevd running" wait_until 10 udevadm control --ping
+	# target: tgtd on loopback only, LUN 1 backed by an image file
+	mkdir -p /run/tgtd /var/lib/iscsi /run/lock/iscsi /etc/iscsi/nodes /etc/iscsi/send_targets
+	bg_start tgtd tgtd -f --iscsi portal=127.0.0.1:3260
+	tpid=$BG_PID
+	if ok "tgtd answers tgtadm" wait_until 15 eval 'tgtadm --lld iscsi --op show --mode target >/dev/null 2>&1' &&
+		ok "tgtadm: new target $ISCSI_IQN" tgtadm --lld iscsi --op new --mode target --tid 1 -T "$ISCSI_IQN" &&
+		ok "tgtadm: LUN 1 backed by $img" tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$img" &&
+		ok "tgtadm: allow all initiators" tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL; then
+		tgtadm --lld iscsi --op show --mode target 2>&1 | grep -E 'Target|LUN:|Backing store path' | sed 's/^/  tgt| /'
+		# its own session: on SIGTERM iscsid signals its whole process group
+		bg_start iscsid setsid iscsid -f
+		ipid=$BG_PID
+		ok "iscsid running" wait_until 10 iscsid_up "$ipid"
+		ok "no iSCSI session before attach" eq "$(iscsi_sessions)" 0
+		be=$(be_path 0 xvdb)
+		if ok "xl block-attach script=block-iscsi target=$target" \
+			dom0_attach xvdb "access=rw, script=block-iscsi, target=$target"; then
+			check_nodes "$be" "" w 1
+			dev=$PDP
+			ok "one session to $ISCSI_IQN" eq "$(iscsi_sessions)" 1
+			iscsiadm -m session 2>&1 | sed 's/^/  iscsiadm| /'
+			ok "udev made $link" test -L "$link"
+			ok "physical-device-path ($dev) is the LUN's by-path disk" \
+				eq "$(readlink -f "$dev")" "$(readlink -f "$link")"
+			ok "the disk is a SCSI disk ($(readlink -f "$dev"))" \
+				eval 'case "$(readlink -f "$dev")" in /dev/sd*) true ;; *) false ;; esac'
+			if ok "/dev/xvdb appears" wait_until 20 is_blk /dev/xvdb; then
+				m="E2E-ISCSI-$RANDOM$RANDOM"
+				ok "write through /dev/xvdb" put /dev/xvdb 7 "$m"
+				ok "read back through /dev/xvdb" eq "$(get /dev/xvdb 7)" "$m"
+				ok "data reached the target's backing image" wait_until 5 eval '[ "$(getfile "$img" 7)" = "$m" ]'
+			fi
+			refused_second_iscsi "$target"
+			[ -b /dev/xvdb ] && ok "/dev/xvdb still reads after the refusal" eq "$(get /dev/xvdb 7)" "$m"
+			dev=$(readlink -f "$dev")
+			detach_and_check xvdb
+			ok "session logged out after remove" wait_until 5 eval '[ "$(iscsi_sessions)" = 0 ]'
+			ok "SCSI disk $dev gone" wait_until 5 not_exists "$dev"
+			ok "by-path link gone" wait_until 5 not_exists "$link"
+		fi
+	fi
+	drop_leftover_vbds
+	# never leave a session behind for the next scenarios
+	[ "$(iscsi_sessions)" = 0 ] || iscsiadm -m node -T "$ISCSI_IQN" --logout >/dev/null 2>&1
+	bg_stop iscsid "$ipid"
+	bg_stop tgtd "$tpid"
+	bg_stop udevd "$upid"
+	rm -f "$img"
+	finish
+}
+
+DRBD_RES=e2e
+drbd_role() { drbdadm role "$DRBD_RES" 2>/dev/null | head -n 1; }
+role_is() { case $(drbd_role) in "$1"/* | "$1") return 0 ;; esac; return 1; }
+# drbdrun ARGS...: drbdadm with its output logged
+drbdrun() {
+	local rc=0 out
+	out=$(timeout -s KILL 60 drbdadm "$@" 2>&1 </dev/null) || rc=$?
+	log "  \$ drbdadm $* -> rc=$rc"
+	[ -z "$out" ] || printf '%s\n' "$out" | sed 's/^/  drbdadm| /'
+	return $rc
+}
+
+sc_drbd() {
+	load_extra drbd
+	probe_helper drbd || return 0
+	begin drbd "block-drbd on a single-node DRBD 8.4 resource (peer never reachable)"
+	local img loop be m up=0
+	ok "drbd module loaded ($(head -n 1 /proc/drbd 2>/dev/null))" test -e /proc/drbd
+	if ! need_tools drbdadm drbdsetup drbdmeta drbdadm-84 drbdsetup-84; then
+		finish
+		return
+	fi
+	hostname dom0
+	mkdir -p /var/lib/drbd /run/drbd
+	img=$(mkimg drbd 32)
+	loop=$(losetup -f --show "$img")
+	cat >/etc/drbd.conf <<CONF
+global { usage-count no; }
+resource $DRBD_RES {
+	device /dev/drbd0;
+	disk $loop;
+	meta-disk internal;
+	on dom0 { address 127.0.0.1:7789; }
+	on e2e-absent-peer { address 127.0.0.2:7789; }
+}
+CONF
+	if ok "drbdadm create-md" drbdrun create-md --force "$DRBD_RES" &&
+		ok "drbdadm up" drbdrun up "$DRBD_RES" && up=1 &&
+		ok "initial primary --force (no peer to sync from)" drbdrun primary --force "$DRBD_RES" &&
+		ok "drbdadm secondary" drbdrun secondary "$DRBD_RES"; then
+		ok "role before attach is Secondary ($(drbd_role))" role_is Secondary
+		sed 's/^/  proc-drbd| /' /proc/drbd
+		be=$(be_path 0 xvdb)
+		if ok "xl block-attach script=block-drbd target=$DRBD_RES" \
+			dom0_attach xvdb "access=rw, script=block-drbd, target=$DRBD_RES"; then
+			check_nodes "$be" /dev/drbd0 w 1
+			ok "role after attach is Primary ($(drbd_role))" role_is Primary
+			if ok "/dev/xvdb appears" wait_until 20 is_blk /dev/xvdb; then
+				m="E2E-DRBD-$RANDOM$RANDOM"
+				ok "write through /dev/xvdb" put /dev/xvdb 7 "$m"
+				ok "read back through /dev/xvdb" eq "$(get /dev/xvdb 7)" "$m"
+				ok "data reached the backing disk $loop" eq "$(get "$loop" 7)" "$m"
+				ok "data reached the backing image" wait_until 5 eval '[ "$(getfile "$img" 7)" = "$m" ]'
+			fi
+			detach_and_check xvdb
+			ok "demoted to Secondary after remove ($(drbd_role))" wait_until 3 role_is Secondary
+		fi
+	fi
+	drop_leftover_vbds
+	[ -e /proc/drbd ] && sed 's/^/  proc-drbd| /' /proc/drbd
+	[ "$up" = 0 ] || drbdrun down "$DRBD_RES" || true
+	losetup -d "$loop" 2>/dev/null
+	rm -f "$img"
+	finish
 }
 
 nbd_size() { cat "/sys/block/${1#/dev/}/size" 2>/dev/null || echo 0; }
@@ -617,7 +828,8 @@ log "xenstore /local/domain/0:"
 xenstore-ls -f /local/domain/0 2>&1 | head -n 20 | sed 's/^/  /'
 
 T0=$(date +%s)
-for sc in phy-rw file-rw file-ro share-phy share-file share-ro guest-pv upstream-concurrent lock-interop; do
+for sc in phy-rw file-rw file-ro share-phy share-file share-ro guest-pv upstream-concurrent lock-interop \
+	nbd iscsi drbd; do
 	wanted "$sc" || continue
 	t=$(date +%s)
 	"sc_${sc//-/_}"
@@ -627,10 +839,6 @@ for sc in phy-rw file-rw file-ro share-phy share-file share-ro guest-pv upstream
 		xenstore-exists "$(be_path 0 $v)" 2>/dev/null && xl block-detach 0 $v >/dev/null 2>&1
 	done
 done
-wanted nbd && sc_nbd
-for h in iscsi drbd; do
-	wanted "$h" && sc_helper_hook "$h"
-done
 
 if wanted leftovers; then
 	begin leftovers "after all scenarios: no loop devices, no vbd backends, no guests"
@@ -638,6 +846,9 @@ if wanted leftovers; then
 	ok "no vbd backends in xenstore" eval '[ -z "$(xenstore-list /local/domain/0/backend/vbd 2>/dev/null)" ]'
 	ok "only Domain-0 running" eval '[ "$(xl list | grep -vc -e "^Name" -e "^Domain-0")" = 0 ]'
 	ok "no lock file left in /var/run/xen-hotplug" eval '[ ! -e /var/run/xen-hotplug/block ]'
+	ok "no iSCSI sessions" eval '[ -z "$(ls /sys/class/iscsi_session 2>/dev/null)" ]'
+	ok "no DRBD minors configured" eval '! grep -q "^ *[0-9][0-9]*: cs:" /proc/drbd 2>/dev/null'
+	ok "no nbd device connected" eval '! grep -q -v "^0$" /sys/block/nbd*/size 2>/dev/null'
 	finish
 fi
 
