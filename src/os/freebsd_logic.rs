@@ -230,8 +230,8 @@ pub fn add(be: &Backend, script: &Script, sys: &System) -> Result<()> {
 mod tests {
     use super::*;
     use crate::invocation::BackendPath;
-    use crate::xs::Store;
     use crate::os::mem_store::MemStore;
+    use crate::xs::Store;
 
     const ROOT: &str = "/local/domain/0/backend/vbd";
     const DISK: Target = Target::Device { rdev: 0x5a };
