@@ -7,6 +7,8 @@
 #   make demo            a private oxenstored, an image file, block add, block remove
 #   make e2e             real Xen + dom0 under qemu (TCG), attaching disks through us
 #   make bench           speed and memory against Debian's upstream scripts
+#   make stress          storms, kills and hostile input at large sizes, with figures
+#   make fuzz            every cargo-fuzz target for FUZZ_SECS (600) seconds
 
 OS ?= $(shell uname -s)
 # Where add-on software lives on that OS (Linux /usr, NetBSD /usr/pkg, FreeBSD /usr/local).
@@ -16,8 +18,11 @@ XEN_SCRIPT_DIR ?= $(shell cat hotplug/$(OS)/script-dir 2>/dev/null)
 LINKS := $(shell cat hotplug/$(OS)/links 2>/dev/null)
 CARGO ?= cargo
 BIN := target/release/xen-block-hotplug
+FUZZ_SECS ?= 600
+FUZZ_SMOKE_SECS ?= 4
 
-.PHONY: all build install uninstall test test-deps lint cargo-test bats demo e2e bench clean
+.PHONY: all build install uninstall test test-deps lint cargo-test bats fuzz-smoke demo e2e bench clean \
+	stress fuzz
 
 all: build
 
@@ -61,7 +66,19 @@ bats: test-deps
 	$(CARGO) build --locked
 	bats --print-output-on-failure tests/bats
 
-test: lint cargo-test bats
+# A short run of every fuzz target (about 5 s each; the first build takes minutes).
+fuzz-smoke:
+	tests/support/fuzz $(FUZZ_SMOKE_SECS)
+
+test: lint cargo-test bats fuzz-smoke
+
+# The reliability tests at large sizes (storms, kills, hostile input), with figures.
+stress: test-deps
+	tests/support/stress
+
+# Every fuzz target for FUZZ_SECS seconds (default 600).
+fuzz:
+	tests/support/fuzz $(FUZZ_SECS)
 
 demo:
 	tests/support/install-deps --demo

@@ -92,18 +92,14 @@ pub fn main() -> ExitCode {
 }
 
 fn run(personality: Personality, script: &Script) -> ExitCode {
-    let args: Vec<String> = match script
+    // Not refused here: a mangled argument then fails the invocation parser, which
+    // reports it in hotplug-error once the backend path is known.
+    let args: Vec<String> = script
         .args
         .iter()
-        .map(|a| a.clone().into_string())
-        .collect()
-    {
-        Ok(a) => a,
-        Err(bad) => {
-            log::err(&format!("argument {bad:?} is not valid UTF-8"));
-            return ExitCode::from(1);
-        }
-    };
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let not_utf8 = script.args.iter().find(|a| a.to_str().is_none());
     let env = LinuxEnv {
         xenbus_path: std::env::var("XENBUS_PATH").ok(),
         xenbus_type: std::env::var("XENBUS_TYPE").ok(),
@@ -120,7 +116,10 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
             log::debug(&format!("nothing to do for state {state}"));
             return ExitCode::SUCCESS;
         }
-        Err(usage) => {
+        Err(mut usage) => {
+            if let Some(bad) = not_utf8 {
+                usage.message = format!("argument {bad:?} is not valid UTF-8: {}", usage.message);
+            }
             match usage.backend {
                 Some(path) => match XenStore::open() {
                     Ok(store) => Backend::new(&store, path).report_failure(&anyhow!(usage.message)),

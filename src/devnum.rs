@@ -31,6 +31,36 @@ impl DevNum {
         Some(DevNum::new(parse_hex_field(ma)?, parse_hex_field(mi)?))
     }
 
+    /// Parses another backend's `physical-device` exactly as Linux blkback does
+    /// (`xenbus_scanf("%x:%x")` then `MKDEV`): leading white space and `0x` skipped,
+    /// anything after the minor ignored, each field wrapping at 32 bits, and the pair
+    /// folded into a 12-bit major and 20-bit minor. The sharing check must see the device
+    /// blkback will open, however the node is spelled (` 7:3`, `7:3 junk`, `1007:3`).
+    pub fn parse_blkback(s: &str) -> Option<DevNum> {
+        fn hex(s: &[u8]) -> Option<(u32, &[u8])> {
+            let start = s.iter().position(|b| !matches!(b, b' ' | b'\t'..=b'\r'))?;
+            let s = s.get(start..)?;
+            if !s.first()?.is_ascii_hexdigit() {
+                return None;
+            }
+            let s = match s {
+                [b'0', b'x' | b'X', rest @ ..] => rest,
+                _ => s,
+            };
+            let n = s.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            let (digits, rest) = s.split_at_checked(n)?;
+            let v = digits.iter().fold(0u32, |v, b| {
+                v.wrapping_mul(16)
+                    .wrapping_add(char::from(*b).to_digit(16).unwrap_or(0))
+            });
+            Some((v, rest))
+        }
+        let (ma, rest) = hex(s.as_bytes())?;
+        let (mi, _) = hex(rest.strip_prefix(b":")?)?;
+        let dev = (ma << 20) | mi;
+        Some(DevNum::new(u64::from(dev >> 20), u64::from(dev & 0xf_ffff)))
+    }
+
     /// Parses the decimal `major:minor` of `/proc/self/mountinfo` and sysfs `dev` files.
     pub fn parse_decimal_pair(s: &str) -> Option<DevNum> {
         let (ma, mi) = s.trim().split_once(':')?;
@@ -108,6 +138,22 @@ mod tests {
         ] {
             assert_eq!(DevNum::parse_linux_hex(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn blkback_spellings() {
+        let d = |a, b| Some(DevNum::new(a, b));
+        assert_eq!(DevNum::parse_blkback("7:3"), d(7, 3));
+        assert_eq!(DevNum::parse_blkback(" 7:3"), d(7, 3));
+        assert_eq!(DevNum::parse_blkback("7:3\ngarbage"), d(7, 3));
+        assert_eq!(DevNum::parse_blkback("0x7:0x3"), d(7, 3));
+        assert_eq!(DevNum::parse_blkback("0:700003"), d(7, 3));
+        assert_eq!(DevNum::parse_blkback("1007:3"), d(7, 3));
+        assert_eq!(DevNum::parse_blkback("100000007:3"), d(7, 3));
+        assert_eq!(DevNum::parse_blkback("103:1"), d(0x103, 1));
+        assert_eq!(DevNum::parse_blkback("7"), None);
+        assert_eq!(DevNum::parse_blkback("g:3"), None);
+        assert_eq!(DevNum::parse_blkback(""), None);
     }
 
     #[test]

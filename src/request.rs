@@ -55,6 +55,16 @@ impl Frontend {
                 be.path.node("frontend-id")
             )
         })?;
+        // The path names the frontend too; a disagreeing node would make the sharing
+        // check judge another guest's VM.
+        if id != be.path.frontend {
+            return Err(anyhow!(
+                "backend node {} is {id}, but {} is domain {}'s backend",
+                be.path.node("frontend-id"),
+                be.path.path,
+                be.path.frontend
+            ));
+        }
         let uuid = be
             .store
             .read(&format!("/local/domain/{id}/vm"))?

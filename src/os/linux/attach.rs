@@ -272,7 +272,7 @@ pub fn other_users(be: &Backend, rdev: DevNum) -> Result<Vec<String>> {
                 None => be
                     .store
                     .read(&format!("{other}/physical-device"))?
-                    .and_then(|v| DevNum::parse_linux_hex(&v)),
+                    .and_then(|v| super::parse_physical_device(&v)),
             };
             if d == Some(rdev) {
                 users.push(format!("{other} (domain {dom})"));

@@ -113,8 +113,10 @@ pub fn local_mounts() -> Result<Vec<Mount>> {
         .map_err(|line| anyhow!("cannot parse /proc/self/mountinfo line {line:?}"))
 }
 
+/// Another backend's `physical-device`, read the way blkback reads it (it is what blkback
+/// opens, whatever the spelling).
 pub fn parse_physical_device(value: &str) -> Option<DevNum> {
-    DevNum::parse_linux_hex(value)
+    DevNum::parse_blkback(value)
 }
 
 pub fn format_physical_device(dev: DevNum) -> String {
@@ -164,6 +166,22 @@ enum Target {
     },
 }
 
+/// proc, sysfs, debugfs, tracefs, securityfs, cgroup, cgroup2, bpf, configfs, efivarfs,
+/// pstore (`statfs` magic numbers, linux/magic.h).
+const PSEUDO_FS: [u64; 11] = [
+    0x9fa0,
+    0x6265_6572,
+    0x6462_6720,
+    0x7472_6163,
+    0x7363_6673,
+    0x0027_e0eb,
+    0x6367_7270,
+    0xcafe_4a11,
+    0x6265_6570,
+    0xde5e_81e4,
+    0x6165_676c,
+];
+
 /// Upstream `expand_dev`: a relative name means `/dev/<name>`.
 fn expand(params: &str) -> String {
     if params.starts_with('/') {
@@ -201,6 +219,14 @@ fn open_target(params: &str) -> Result<Target> {
     let meta = fd
         .metadata()
         .with_context(|| format!("cannot stat {path}"))?;
+    // Files of kernel pseudo file systems are not disk images.
+    if let Ok(fs) = nix::sys::statfs::fstatfs(&fd)
+        && PSEUDO_FS.contains(&(fs.filesystem_type().0 as u64))
+    {
+        return Ok(Target::Other {
+            what: format!("a file on a kernel pseudo file system ({path})"),
+        });
+    }
     let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .ok()
         .and_then(|p| p.to_str().map(str::to_string))
