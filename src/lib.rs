@@ -3,6 +3,11 @@
 //! The binary is `src/main.rs`; this library holds everything so tests and fuzz targets
 //! can reach the parsers.
 
+// Production code must not panic on an index: every slice access is checked, or its
+// function says why its indices are in range.
+#![deny(clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
+
 pub mod backend;
 pub mod cli;
 pub mod devnum;

@@ -153,6 +153,10 @@ impl Scan<'_> {
     /// daemon's per request, not a round trip each. The walk then meets each result where
     /// the one-at-a-time walk would have read it: an error after a conflict is never seen,
     /// an error before it is returned.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "listings, doms and dom_dirs are parallel vectors; i enumerates listings, never longer than doms"
+    )]
     fn check_guests(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
         let root = &self.me.type_dir;
         let Some(doms) = self.store.list(root)? else {
@@ -245,6 +249,10 @@ impl Scan<'_> {
 
     /// Each other backend's device, in order: its `physical-device-path` when that is a
     /// block device now, else its legacy `physical-device` node (read only then).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "out and bes have one entry per backend; legacy holds indices into them"
+    )]
     fn devices_of<'b>(&self, bes: impl Iterator<Item = &'b str>) -> Vec<Result<Option<DevNum>>> {
         let bes: Vec<&str> = bes.collect();
         let paths: Vec<String> = bes

@@ -252,7 +252,7 @@ impl Output {
             .filter(|l| !l.is_empty())
             .collect();
         let start = lines.len().saturating_sub(4);
-        lines[start..].join("; ")
+        lines.get(start..).unwrap_or_default().join("; ")
     }
 }
 

@@ -22,10 +22,9 @@ mod rel;
 use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 
@@ -165,7 +164,9 @@ impl Fx {
         let mut p = path.as_bytes().to_vec();
         p.push(0);
         p.extend_from_slice(value);
-        xs_request(&self.xs, 11, &p).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        self.xs
+            .request(11, &p)
+            .unwrap_or_else(|e| panic!("write {path}: {e}"));
     }
 
     fn clean_case(&self) {
@@ -195,29 +196,6 @@ impl NonBlock for fs::OpenOptions {
         use std::os::unix::fs::OpenOptionsExt;
         self.custom_flags(nix::libc::O_NONBLOCK)
     }
-}
-
-/// One xenstore request on the wire (the harness's own is private to it).
-fn xs_request(xs: &Xenstored, ty: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
-    let mut s = UnixStream::connect(&xs.socket).map_err(|e| e.to_string())?;
-    let mut msg = Vec::new();
-    for v in [ty, 7, 0, payload.len() as u32] {
-        msg.extend_from_slice(&v.to_le_bytes());
-    }
-    msg.extend_from_slice(payload);
-    s.write_all(&msg).map_err(|e| e.to_string())?;
-    let mut hdr = [0u8; 16];
-    s.read_exact(&mut hdr).map_err(|e| e.to_string())?;
-    let rty = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
-    let len = u32::from_le_bytes(hdr[12..16].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).map_err(|e| e.to_string())?;
-    if rty == 16 {
-        return Err(String::from_utf8_lossy(&body)
-            .trim_end_matches('\0')
-            .to_string());
-    }
-    Ok(body)
 }
 
 struct Outcome {

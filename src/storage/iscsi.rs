@@ -219,6 +219,10 @@ fn parse_lun(s: &str) -> Option<u64> {
 
 /// RFC 3720 names. Beyond the RFC, nothing that could change the meaning of a path or an
 /// argument: no `/`, no leading `-`, no white space; at most 223 bytes.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "every index is behind the b.len() >= 9 check before it"
+)]
 pub fn valid_iscsi_name(s: &str) -> bool {
     if s.len() > 223 {
         return false;
@@ -385,6 +389,10 @@ pub struct MultipathMap {
 /// The first map in `multipath -ll` output (multipath-tools 0.9: a header
 /// `<alias> (<wwid>) dm-<n> <vendor>,<product>` or `<wwid> dm-<n> <vendor>,<product>`,
 /// then `size=` and the path group tree).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "t[0], t[1] and t[dm_at] exist: dm_at is a position in t and is 1 or 2"
+)]
 pub fn parse_multipath_ll(out: &str) -> Option<MultipathMap> {
     let mut map: Option<MultipathMap> = None;
     for line in out.lines() {

@@ -81,6 +81,10 @@ impl Conn {
     }
 
     /// The next reply (watch events, which we never ask for, are skipped).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "header fields are read only once avail.len() >= HEADER, the payload once avail.len() >= HEADER + len; buf[have..] was just resized to have + 8192"
+    )]
     fn recv(&mut self, id: u32) -> io::Result<Reply> {
         loop {
             let avail = &self.buf[self.start..];
@@ -214,6 +218,10 @@ impl Pipeline {
     /// Sends one request of type `ty` per path and returns the replies in path order.
     /// On the socket, up to `WINDOW` requests are in flight on each of up to `MAX_CONNS`
     /// connections; a connection that fails fails only its own requests and is dropped.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "out, next, flight and broken have one entry per path or per connection (n <= conns.len()); c enumerates at most n connections, i comes from next[c] < paths.len()"
+    )]
     pub fn batch(&self, ty: u32, paths: &[String]) -> Vec<io::Result<Vec<u8>>> {
         let mut conns = self.conns.borrow_mut();
         let want = paths.len().div_ceil(PER_EXTRA_CONN).clamp(1, MAX_CONNS);

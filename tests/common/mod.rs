@@ -93,7 +93,8 @@ impl Xenstored {
         self.socket.to_str().unwrap()
     }
 
-    fn request(&self, ty: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
+    /// One raw request (xs_wire.h type, payload) on a connection of its own.
+    pub fn request(&self, ty: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
         let mut s = UnixStream::connect(&self.socket).map_err(|e| e.to_string())?;
         let mut msg = Vec::new();
         for v in [ty, 1, 0, payload.len() as u32] {
