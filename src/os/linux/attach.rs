@@ -11,6 +11,7 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::backend::{Backend, Busy, busy};
 use crate::devnum::DevNum;
+use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
 use crate::request::{AddNodes, Frontend};
@@ -72,6 +73,34 @@ pub struct Request<'a> {
     pub scan: Scan<'a>,
     pub key: String,
     pub budget: Budget,
+}
+
+/// What every helper's remove starts from, under its own lock.
+pub struct RemoveStart {
+    pub key: String,
+    /// The deadline of this remove's waits.
+    pub deadline: Deadline,
+    pub lock: Lock,
+    /// The record `add` left for this backend, checked to be of the helper's kind.
+    pub rec: Option<Record>,
+}
+
+/// Takes the helper's lock and loads its record: a record of another kind is an error.
+pub fn begin_remove(be: &Backend, lock: &str, kind: &str) -> Result<RemoveStart> {
+    let budget = Budget::now();
+    let key = be.path.state_key();
+    let deadline = budget.wait()?;
+    let lock = Lock::claim(lock)?;
+    let rec = state::load(&key)?;
+    if let Some(r) = &rec {
+        r.require_kind(kind, &be.path.path)?;
+    }
+    Ok(RemoveStart {
+        key,
+        deadline,
+        lock,
+        rec,
+    })
 }
 
 /// Reads `params`, `mode` and the frontend with `block`'s prologue (`request`); `None`

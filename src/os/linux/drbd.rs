@@ -134,19 +134,14 @@ pub fn add(be: &Backend) -> Result<()> {
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let budget = attach::Budget::now();
-    let key = be.path.state_key();
-    let deadline = budget.wait()?;
-    let _lock = Lock::claim(LOCK)?;
-    let rec = match state::load(&key)? {
-        Some(rec) if rec.get("kind") == Some(KIND) => rec,
-        Some(rec) => {
-            return Err(anyhow!(
-                "the remove record of {} is of kind {:?}, not {KIND}",
-                be.path.path,
-                rec.get("kind").unwrap_or("")
-            ));
-        }
+    let attach::RemoveStart {
+        key,
+        deadline,
+        lock: _lock,
+        rec,
+    } = attach::begin_remove(be, LOCK, KIND)?;
+    let rec = match rec {
+        Some(rec) => rec,
         None => {
             // Attached by drbd-utils' script, or before an upgrade: what params says.
             let Some(params) = be.read("params")? else {

@@ -420,11 +420,13 @@ fn logout_sid(sid: u32, iqn: &str, portal: &Portal, d: &Deadline) -> Result<()> 
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let budget = attach::Budget::now();
-    let key = be.path.state_key();
-    let deadline = budget.wait()?;
-    let _lock = Lock::claim(LOCK)?;
-    let rec = match state::load(&key)? {
+    let attach::RemoveStart {
+        key,
+        deadline,
+        lock: _lock,
+        rec,
+    } = attach::begin_remove(be, LOCK, KIND)?;
+    let rec = match rec {
         Some(r) => r,
         None => match legacy_record(be)? {
             Some(r) => r,
@@ -437,7 +439,6 @@ pub fn remove(be: &Backend) -> Result<()> {
             }
         },
     };
-    rec.require_kind(KIND, &be.path.path)?;
     let iqn = rec.require("iqn")?.to_string();
     let portal = rec
         .get("portal")

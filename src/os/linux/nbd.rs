@@ -181,11 +181,13 @@ fn disconnect(index: u32, d: &Deadline) -> Result<()> {
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let budget = attach::Budget::now();
-    let key = be.path.state_key();
-    let deadline = budget.wait()?;
-    let _lock = Lock::claim(LOCK)?;
-    let Some(rec) = state::load(&key)? else {
+    let attach::RemoveStart {
+        key,
+        deadline,
+        lock: _lock,
+        rec,
+    } = attach::begin_remove(be, LOCK, KIND)?;
+    let Some(rec) = rec else {
         // Upstream's block-nbd never attached anything under libxl, so a device without
         // our record is not ours to disconnect.
         log::debug(&format!(
@@ -194,7 +196,6 @@ pub fn remove(be: &Backend) -> Result<()> {
         ));
         return Ok(());
     };
-    rec.require_kind(KIND, &be.path.path)?;
     let device = rec.require("device")?.to_string();
     let index = std::path::Path::new(&device)
         .file_name()
