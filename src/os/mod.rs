@@ -22,6 +22,8 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
 
+#[cfg(any(target_os = "netbsd", target_os = "freebsd"))]
+mod bsd;
 #[cfg(target_os = "netbsd")]
 mod netbsd;
 #[cfg(target_os = "netbsd")]

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use nix::libc;
 
+use super::bsd;
 use super::netbsd_logic::{self as nb, NetBsd, Target, VndUser};
 use crate::backend::Backend;
 use crate::devnum::DevNum;
@@ -72,29 +73,16 @@ pub fn local_mounts() -> Result<Vec<Mount>> {
             break buf;
         }
     };
-    let mut mounts = Vec::new();
-    for s in &stats {
-        let source = c_string(&s.f_mntfromname);
-        let Some(dev) = stat_block_device(&source) else {
-            continue;
-        };
-        mounts.push(Mount {
-            dev,
-            mount_point: c_string(&s.f_mntonname),
-            source,
-            read_only: s.f_flag & libc::ST_RDONLY != 0,
-        });
-    }
-    Ok(mounts)
-}
-
-fn c_string(chars: &[libc::c_char]) -> String {
-    let bytes: Vec<u8> = chars
+    Ok(stats
         .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+        .filter_map(|s| {
+            bsd::device_mount(
+                &s.f_mntfromname,
+                &s.f_mntonname,
+                s.f_flag & libc::ST_RDONLY != 0,
+            )
+        })
+        .collect())
 }
 
 pub fn parse_physical_device(value: &str) -> Option<DevNum> {
