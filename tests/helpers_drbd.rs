@@ -9,21 +9,11 @@ mod fakes;
 
 use std::path::Path;
 
-use common::{TempDir, Xenstored, domid, image};
-use fakes::{FakeRoot, loop_of_node};
-
-struct Env {
-    xs: Xenstored,
-    root: FakeRoot,
-    imgs: TempDir,
-}
+use common::{domid, image};
+use fakes::{Env, FakeRoot, loop_of_node};
 
 fn env() -> Env {
-    Env {
-        xs: Xenstored::start(),
-        root: FakeRoot::new(&["drbdadm"]),
-        imgs: TempDir::new("drbd-img"),
-    }
+    Env::new(FakeRoot::new(&["drbdadm"]), "drbd-img")
 }
 
 impl Env {
@@ -41,12 +31,6 @@ impl Env {
 
     fn vbd_in(&self, fe: u32, params: &str, mode: &str) -> common::Vbd {
         self.xs.vbd(fe, 51712, params, mode)
-    }
-
-    fn vbd(&self, params: &str, mode: &str) -> common::Vbd {
-        let fe = domid();
-        self.xs.set_vm(fe, &format!("vm-{fe}"));
-        self.vbd_in(fe, params, mode)
     }
 
     fn role(&self, res: &str) -> String {
@@ -234,10 +218,7 @@ fn params_type_volumes_and_missing_tool() {
         ("nosuch", "'nosuch' not defined in your config"),
         ("multi", "the resource has 2 volumes"),
     ] {
-        let vbd = e.vbd(params, "w");
-        assert_eq!(e.add(&vbd).status, 1, "{params}");
-        let err = e.xs.read(&vbd.node("hotplug-error")).unwrap();
-        assert!(err.contains(want), "{params}: {err}");
+        e.add_must_fail("block-drbd", params, want);
     }
     let vbd = e.vbd("r0", "w");
     e.xs.write(&vbd.node("type"), "file");

@@ -9,25 +9,15 @@ mod fakes;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Loop, TempDir, Xenstored, domid, image};
-use fakes::{FakeRoot, backing_file_of};
+use common::{Loop, image};
+use fakes::{Env, FakeRoot, backing_file_of};
 
 const IQN1: &str = "iqn.2003-01.org.linux-iscsi.dom0:disk1";
 const IQN10: &str = "iqn.2003-01.org.linux-iscsi.dom0:disk10";
 const PORTAL: &str = "127.0.0.1:3260";
 
-struct Env {
-    xs: Xenstored,
-    root: FakeRoot,
-    imgs: TempDir,
-}
-
 fn env() -> Env {
-    Env {
-        xs: Xenstored::start(),
-        root: FakeRoot::new(&["iscsiadm", "multipath"]),
-        imgs: TempDir::new("iscsi-img"),
-    }
+    Env::new(FakeRoot::new(&["iscsiadm", "multipath"]), "iscsi-img")
 }
 
 impl Env {
@@ -48,12 +38,6 @@ impl Env {
             "state/iscsi/targets",
             &format!("{PORTAL} {iqn} {lun} {backing} {opts}"),
         );
-    }
-
-    fn vbd(&self, params: &str, mode: &str) -> common::Vbd {
-        let fe = domid();
-        self.xs.set_vm(fe, &format!("vm-{fe}"));
-        self.xs.vbd(fe, 51712, params, mode)
     }
 
     fn sessions(&self) -> String {
@@ -302,11 +286,7 @@ fn a_second_guest_rw_is_refused_but_read_only_may_share() {
 
 #[test]
 fn missing_iscsiadm_is_named() {
-    let e = Env {
-        xs: Xenstored::start(),
-        root: FakeRoot::new(&[]),
-        imgs: TempDir::new("iscsi-img"),
-    };
+    let e = Env::new(FakeRoot::new(&[]), "iscsi-img");
     let vbd = e.vbd(&params(IQN1), "w");
     let (r, _) = e.root.run(&e.xs, "block-iscsi", &vbd, "add", None);
     assert_eq!(r.status, 1);
@@ -354,11 +334,7 @@ fn bad_params_name_the_key_and_run_nothing() {
         ),
         (IQN1.to_string(), "is not key=value"),
     ] {
-        let vbd = e.vbd(&params, "w");
-        let (r, _) = e.root.run(&e.xs, "block-iscsi", &vbd, "add", None);
-        assert_eq!(r.status, 1, "{params}");
-        let err = e.xs.read(&vbd.node("hotplug-error")).unwrap();
-        assert!(err.contains(want), "{params}: {err}");
+        e.add_must_fail("block-iscsi", &params, want);
     }
     assert_eq!(e.root.calls(), "");
 }

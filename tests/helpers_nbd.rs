@@ -9,14 +9,8 @@ mod fakes;
 
 use std::path::Path;
 
-use common::{Loop, TempDir, Xenstored, domid, image};
-use fakes::{FakeRoot, loop_of_node};
-
-struct Env {
-    xs: Xenstored,
-    root: FakeRoot,
-    imgs: TempDir,
-}
+use common::{Loop, image};
+use fakes::{Env, FakeRoot, loop_of_node};
 
 /// A root with `devices` NBD devices (as `modprobe nbd nbds_max=<devices>` gives).
 fn env_with(tools: &[&str], devices: u32) -> Env {
@@ -24,11 +18,7 @@ fn env_with(tools: &[&str], devices: u32) -> Env {
     for i in 0..devices {
         root.write(&format!("sys/block/nbd{i}/size"), "0\n");
     }
-    Env {
-        xs: Xenstored::start(),
-        root,
-        imgs: TempDir::new("nbd-img"),
-    }
+    Env::new(root, "nbd-img")
 }
 
 fn env() -> Env {
@@ -45,12 +35,6 @@ impl Env {
             &format!("{host_port} {export} {img} {opts}"),
         );
         img
-    }
-
-    fn vbd(&self, params: &str, mode: &str) -> common::Vbd {
-        let fe = domid();
-        self.xs.set_vm(fe, &format!("vm-{fe}"));
-        self.xs.vbd(fe, 51712, params, mode)
     }
 
     fn dev(&self, n: u32) -> String {
@@ -280,11 +264,7 @@ fn bad_params_name_what_is_wrong() {
         ("nbd+unix:///e", "without socket="),
         ("a b c", "is not understood"),
     ] {
-        let vbd = e.vbd(params, "w");
-        let (r, _) = e.root.run(&e.xs, "block-nbd", &vbd, "add", None);
-        assert_eq!(r.status, 1, "{params}");
-        let err = e.xs.read(&vbd.node("hotplug-error")).unwrap();
-        assert!(err.contains(want), "{params}: {err}");
+        e.add_must_fail("block-nbd", params, want);
     }
     assert_eq!(e.root.calls(), "");
 }

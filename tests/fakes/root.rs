@@ -134,3 +134,39 @@ pub fn loop_of_node(path: &str) -> Option<String> {
     }
     Some(format!("/dev/loop{mi}"))
 }
+
+/// What every helper test starts from: a private oxenstored, a fake root holding `tools`,
+/// and a directory for images.
+pub struct Env {
+    pub xs: Xenstored,
+    pub root: FakeRoot,
+    pub imgs: TempDir,
+}
+
+impl Env {
+    pub fn new(root: FakeRoot, tag: &str) -> Env {
+        Env {
+            xs: Xenstored::start(),
+            root,
+            imgs: TempDir::new(tag),
+        }
+    }
+
+    /// A new guest (with its own `vm`) asking for `params` in `mode`.
+    pub fn vbd(&self, params: &str, mode: &str) -> Vbd {
+        let fe = crate::common::domid();
+        self.xs.set_vm(fe, &format!("vm-{fe}"));
+        self.xs.vbd(fe, 51712, params, mode)
+    }
+
+    /// Runs `script add` for a new guest asking for `params` (mode w), which must fail
+    /// with `want` in `hotplug-error`; returns the error.
+    pub fn add_must_fail(&self, script: &str, params: &str, want: &str) -> String {
+        let vbd = self.vbd(params, "w");
+        let (r, _) = self.root.run(&self.xs, script, &vbd, "add", None);
+        assert_eq!(r.status, 1, "{params}");
+        let err = self.xs.read(&vbd.node("hotplug-error")).unwrap();
+        assert!(err.contains(want), "{params}: {err}");
+        err
+    }
+}
