@@ -65,11 +65,6 @@ impl<'a> Backend<'a> {
         self.store.write(&path, value)
     }
 
-    pub fn rm(&self, name: &str) -> Result<()> {
-        let path = self.path.node(name);
-        log::debug(&format!("Removing {path} from xenstore."));
-        self.store.rm(&path)
-    }
 
     /// Publishes the device (upstream `write_dev`): `node` for devices we created,
     /// `physical-device-path`, `diskseq` before `physical-device` (which blkback acts

@@ -89,9 +89,6 @@ impl Xenstored {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
 
-    pub fn socket_str(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
 
     /// One raw request (xs_wire.h type, payload) on a connection of its own.
     pub fn request(&self, ty: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
