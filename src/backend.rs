@@ -65,7 +65,6 @@ impl<'a> Backend<'a> {
         self.store.write(&path, value)
     }
 
-
     /// Publishes the device (upstream `write_dev`): `node` for devices we created,
     /// `physical-device-path`, `diskseq` before `physical-device` (which blkback acts
     /// on), and `hotplug-status=connected` last.

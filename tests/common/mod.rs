@@ -89,7 +89,6 @@ impl Xenstored {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
 
-
     /// One raw request (xs_wire.h type, payload) on a connection of its own.
     pub fn request(&self, ty: u32, payload: &[u8]) -> Result<Vec<u8>, String> {
         let mut s = UnixStream::connect(&self.socket).map_err(|e| e.to_string())?;
