@@ -89,8 +89,9 @@ pub struct RemoveStart {
 pub fn begin_remove(be: &Backend, lock: &str, kind: &str) -> Result<RemoveStart> {
     let budget = Budget::now();
     let key = be.path.state_key();
-    let deadline = budget.wait()?;
+    // The lock first, so queueing behind another run does not use up our waits.
     let lock = Lock::claim(lock)?;
+    let deadline = budget.wait()?;
     let rec = state::load(&key)?;
     if let Some(r) = &rec {
         r.require_kind(kind, &be.path.path)?;

@@ -73,8 +73,10 @@ pub fn add(be: &Backend) -> Result<()> {
             ));
         }
     }
-    let deadline = req.budget.wait()?;
+    // The lock first: waiting behind another attach must not use up this one's waits
+    // (the budget still keeps everything inside the watchdog's deadline).
     let _lock = Lock::claim(LOCK)?;
+    let deadline = req.budget.wait()?;
     watchdog::phase("asking drbdadm");
     let before = role(&r, &deadline)?;
     if before == Role::Unconfigured {

@@ -57,8 +57,10 @@ pub fn add(be: &Backend) -> Result<()> {
     if p.multipath {
         tool::find("multipath")?;
     }
-    let deadline = req.budget.wait()?;
+    // The lock first: waiting behind another attach must not use up this one's waits
+    // (the budget still keeps everything inside the watchdog's deadline).
     let _lock = Lock::claim(LOCK)?;
+    let deadline = req.budget.wait()?;
     watchdog::phase("listing iSCSI sessions");
     let sessions = list_sessions(&deadline)?;
     let open = iscsi::sessions_of(&sessions, &p.iqn, &p.portal);

@@ -78,8 +78,10 @@ pub fn add(be: &Backend) -> Result<()> {
     };
     let p = nbd::parse_params(&req.params).map_err(|e| anyhow!(e))?;
     tool::find("nbd-client")?;
-    let deadline = req.budget.wait()?;
+    // The lock first: waiting behind another attach must not use up this one's waits
+    // (the budget still keeps everything inside the watchdog's deadline).
     let _lock = Lock::claim(LOCK)?;
+    let deadline = req.budget.wait()?;
     let (count, free) = devices()?;
     if count == 0 {
         return Err(anyhow!(
