@@ -5,47 +5,20 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow};
-use clap::{Parser, ValueEnum};
+use std::sync::Arc;
 
+use anyhow::{Result, anyhow};
+use clap::Parser;
+
+pub use crate::applet::Personality;
+use crate::applet;
 use crate::backend::Backend;
-use crate::invocation::{LinuxEnv, Request};
+use crate::invocation::{self, LinuxEnv, Request};
 use crate::log;
-use crate::os;
+use crate::report::Reporter;
 use crate::script::Script;
 use crate::watchdog;
 use crate::xs::XenStore;
-
-/// The scripts this binary can be, chosen by the exact basename it is run as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Personality {
-    /// Block devices and image files (loop devices).
-    Block,
-    /// iSCSI LUNs.
-    #[value(name = "block-iscsi")]
-    Iscsi,
-    /// NBD exports.
-    #[value(name = "block-nbd")]
-    Nbd,
-    /// DRBD resources.
-    #[value(name = "block-drbd")]
-    Drbd,
-}
-
-impl Personality {
-    pub fn from_name(name: &str) -> Option<Personality> {
-        Personality::from_str(name, false).ok()
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Personality::Block => "block",
-            Personality::Iscsi => "block-iscsi",
-            Personality::Nbd => "block-nbd",
-            Personality::Drbd => "block-drbd",
-        }
-    }
-}
 
 /// Xen block hotplug scripts in one binary. libxl runs it through the symlinks `block`,
 /// `block-iscsi`, `block-nbd` and `block-drbd` in the Xen script directory; it can also be
@@ -110,7 +83,7 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
         args.join(" "),
         env.xenbus_path.as_deref().unwrap_or("")
     ));
-    let (action, backend) = match os::parse_invocation(&args, &env) {
+    let (action, backend) = match parse_invocation(&args, &env) {
         Ok(Request::Run { action, backend }) => (action, backend),
         Ok(Request::Nothing { state }) => {
             log::debug(&format!("nothing to do for state {state}"));
@@ -130,7 +103,8 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    watchdog::start(Some(backend.clone()));
+    let reporter = Arc::new(Reporter::new());
+    watchdog::start(backend.clone(), reporter.clone());
     watchdog::phase("connecting to xenstore");
     let store = match XenStore::open() {
         Ok(s) => s,
@@ -139,17 +113,33 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let be = Backend::new(&store, backend);
+    let be = Backend::with_reporter(&store, backend, reporter);
     watchdog::phase("talking to xenstore");
-    let result = guarded(|| match personality {
-        Personality::Block => os::block(action, &be, script),
-        helper => os::storage_helper(helper, action, &be),
-    });
+    let result = guarded(|| applet::run(personality, action, &be, script));
     let Err(err) = result else {
         return ExitCode::SUCCESS;
     };
     be.report_failure(&err);
     ExitCode::from(1)
+}
+
+/// This OS's calling convention (see `invocation`).
+fn parse_invocation(
+    args: &[String],
+    env: &LinuxEnv,
+) -> Result<Request, invocation::UsageError> {
+    #[cfg(target_os = "linux")]
+    return invocation::parse_linux(args, env);
+    #[cfg(target_os = "netbsd")]
+    return {
+        let _ = env;
+        invocation::parse_netbsd(args)
+    };
+    #[cfg(target_os = "freebsd")]
+    return {
+        let _ = env;
+        invocation::parse_freebsd(args)
+    };
 }
 
 /// Runs `f`, turning a panic into an ordinary error so it is reported in `hotplug-error`
@@ -200,7 +190,7 @@ mod tests {
     fn a_panic_becomes_a_reportable_error() {
         let e = guarded(|| panic!("boom {}", 42)).unwrap_err();
         assert_eq!(e.to_string(), "internal error (panic): boom 42");
-        let (status, _) = crate::backend::describe(&e);
+        let (status, _) = crate::report::describe(&e);
         assert_eq!(status, "error");
         assert!(guarded(|| Ok(())).is_ok());
     }

@@ -8,6 +8,7 @@
 #![deny(clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+pub mod applet;
 pub mod backend;
 pub mod cli;
 pub mod devnum;
@@ -17,6 +18,8 @@ pub mod log;
 pub mod mode;
 pub mod mountinfo;
 pub mod os;
+pub mod platform;
+pub mod report;
 pub mod request;
 pub mod script;
 pub mod sharing;

@@ -30,14 +30,9 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// Blocks until the named lock is held.
-    pub fn claim(name: &str) -> Result<Lock> {
-        crate::watchdog::phase("waiting for the block lock");
-        let l = Self::claim_in(Path::new(LOCK_DIR), name);
-        crate::watchdog::phase("holding the block lock");
-        l
-    }
-
+    /// Blocks until the lock `name` in `dir` is held. Errors: the directory or the file
+    /// cannot be created, opened, locked or stat-ed (the OS error is the cause). Callers
+    /// that run under the watchdog use `watchdog::claim_lock`, which says what we wait for.
     pub fn claim_in(dir: &Path, name: &str) -> Result<Lock> {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create lock directory {}", dir.display()))?;
@@ -139,10 +134,20 @@ mod tests {
     #[test]
     fn stale_file_from_dead_holder_is_reused() {
         let dir = tmpdir("stale");
+        // A lock file left by a holder that died: nobody holds its flock.
         fs::write(dir.join("block"), b"").unwrap();
+        let stale = fs::metadata(dir.join("block")).unwrap().ino();
         let l = Lock::claim_in(&dir, "block").unwrap();
-        assert!(l.held_for().as_secs() < 5);
+        // The very inode left behind is the one locked, not a new file.
+        let held = l.file.as_ref().unwrap().metadata().unwrap().ino();
+        assert_eq!(held, stale);
+        assert_eq!(fs::metadata(dir.join("block")).unwrap().ino(), stale);
+        // And it is really locked: a second open of the path cannot take the flock.
+        let other = File::open(dir.join("block")).unwrap();
+        assert!(other.try_lock_exclusive().is_err());
+        drop(other);
         drop(l);
+        assert!(!dir.join("block").exists(), "release unlinks the path");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

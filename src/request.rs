@@ -4,10 +4,12 @@ use std::io;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::backend::{Backend, busy};
+use crate::backend::Backend;
 use crate::log;
 use crate::mode::Mode;
-use crate::sharing::Scan;
+use crate::platform::Platform;
+use crate::report::{busy, busy_because};
+use crate::sharing::SharingCheck;
 
 /// The backend nodes an add starts from.
 pub struct AddNodes {
@@ -18,12 +20,13 @@ pub struct AddNodes {
 }
 
 impl AddNodes {
-    /// `None` when `physical-device` exists already: libxl may call twice, and the second
-    /// call must touch nothing. Otherwise `params` and `mode` must be present and non-empty.
-    pub fn read(be: &Backend) -> Result<Option<AddNodes>> {
-        if let Some(pd) = be.read("physical-device")? {
+    /// `None` when `published` (`physical-device`; `physical-device-path` on FreeBSD)
+    /// exists already: libxl may call twice, and the second call must touch nothing.
+    /// Otherwise `params` and `mode` must be present and non-empty.
+    pub fn read(be: &Backend, published: &str) -> Result<Option<AddNodes>> {
+        if let Some(pd) = be.read(published)? {
             log::debug(&format!(
-                "{} already has physical-device {pd}: called twice, nothing to do",
+                "{} already has {published} {pd}: called twice, nothing to do",
                 be.path.path
             ));
             return Ok(None);
@@ -72,23 +75,35 @@ impl Frontend {
         Ok(Frontend { mode, id, uuid })
     }
 
-    /// The sharing check for this frontend on `be`.
-    pub fn scan<'a>(&self, be: &'a Backend) -> Scan<'a> {
-        Scan {
+    /// The sharing check for this frontend on `be`, on `platform`.
+    pub fn sharing_check<'a, P: Platform>(
+        &self,
+        be: &'a Backend,
+        platform: &'a P,
+    ) -> SharingCheck<'a, P> {
+        SharingCheck {
+            platform,
             store: be.store,
             me: &be.path,
             frontend_id: self.id,
-            frontend_uuid: self.uuid.clone(),
+            frontend_vm: self.uuid.clone(),
             mode: self.mode,
         }
     }
 }
 
+fn read_only_text(path: &str) -> String {
+    format!("File {path} is read-only, and so I will not\nmount it read-write in a guest domain.")
+}
+
 /// The refusal for a read-only file asked read-write (upstream's wording), a `busy`.
 pub fn read_only_file(path: &str) -> anyhow::Error {
-    busy(format!(
-        "File {path} is read-only, and so I will not\nmount it read-write in a guest domain."
-    ))
+    busy(read_only_text(path))
+}
+
+/// `read_only_file`, when opening it for writing said so (the OS error is kept).
+pub fn read_only_file_because(path: &str, cause: io::Error) -> anyhow::Error {
+    busy_because(read_only_text(path), cause)
 }
 
 /// Whether opening for writing failed because the file cannot be written: a read-only

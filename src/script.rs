@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Result, anyhow};
+use anyhow::anyhow;
 
 /// Where libxl looks for scripts, unless the build says otherwise (`make XEN_SCRIPT_DIR=`).
 pub const DEFAULT_SCRIPT_DIR: &str = match option_env!("XEN_SCRIPT_DIR") {
@@ -60,24 +60,24 @@ impl Script {
 
 impl Script {
     /// `params` is neither ours to attach nor a device: hand over to the `block-<type>`
-    /// helper when one is installed (returns only if the exec fails), else refuse with an
-    /// error naming the path and what it is.
-    pub fn hand_over(&self, params: &str, what: &str, ty: Option<&str>) -> Result<()> {
+    /// helper when one is installed (returns only if the exec fails), else the refusal
+    /// naming the path and what it is.
+    pub fn hand_over(&self, params: &str, what: &str, ty: Option<&str>) -> anyhow::Error {
         match self.helper_for(ty) {
-            Some(helper) => Err(self.exec(&helper)),
+            Some(helper) => self.exec(&helper),
             None => no_helper(params, what, ty),
         }
     }
 }
 
 /// The refusal when no helper can take over.
-pub fn no_helper(params: &str, what: &str, ty: Option<&str>) -> Result<()> {
-    Err(anyhow!(
+pub fn no_helper(params: &str, what: &str, ty: Option<&str>) -> anyhow::Error {
+    anyhow!(
         "params {params:?} is {what}, not a block device or a regular file{}",
         match ty {
             Some(t) if !matches!(t, "phy" | "file" | "") =>
                 format!(", and there is no block-{t} script for type {t:?}"),
             _ => String::new(),
         }
-    ))
+    )
 }

@@ -9,8 +9,10 @@
 //! * local mounts come from `/proc/self/mountinfo` device numbers, not by stat-ing
 //!   `/proc/mounts` sources.
 //!
-//! The decision functions are pure; `Scan` gathers their inputs from xenstore and the
-//! kernel, reading only what the decision needs.
+//! The decision functions are pure; `SharingCheck` gathers their inputs from xenstore and
+//! the platform, reading only what the decision needs. It is the only walk over the other
+//! backends: `block` (every OS) and the storage helpers use it, and FreeBSD's path-based
+//! identities come through `Platform::stat_identity` like Linux's device numbers.
 
 use std::fmt;
 
@@ -20,7 +22,7 @@ use crate::devnum::DevNum;
 use crate::invocation::BackendPath;
 use crate::mode::Mode;
 use crate::mountinfo::Mount;
-use crate::os;
+use crate::platform::{Identity, Platform};
 use crate::xs::Store;
 
 /// Who holds a device in a way that conflicts with the request.
@@ -31,26 +33,38 @@ pub enum Holder {
         mount_point: String,
     },
     Guest {
-        dev: DevNum,
+        ident: Identity,
         domid: String,
         backend: String,
     },
 }
 
 impl Holder {
-    pub fn dev(&self) -> DevNum {
+    /// The disk as the holder uses it: which of the candidates matched.
+    pub fn ident(&self) -> Identity {
         match self {
-            Holder::Local { dev, .. } | Holder::Guest { dev, .. } => *dev,
+            Holder::Local { dev, .. } => Identity::Dev(*dev),
+            Holder::Guest { ident, .. } => *ident,
         }
+    }
+
+    /// The device number standing for it (for a file, its file system's).
+    pub fn dev(&self) -> DevNum {
+        self.ident().dev()
     }
 }
 
 /// The first mount that conflicts: for a read-only request only writable mounts do, for
 /// a read-write request every mount does.
-pub fn mount_conflict<'m>(cands: &[DevNum], mounts: &'m [Mount], mode: Mode) -> Option<&'m Mount> {
-    mounts
-        .iter()
-        .find(|m| cands.contains(&m.dev) && (mode.writable() || !m.read_only))
+/// Only devices are mounted: a file used as is (FreeBSD) never conflicts with a mount.
+pub fn mount_conflict<'m>(
+    cands: &[Identity],
+    mounts: &'m [Mount],
+    mode: Mode,
+) -> Option<&'m Mount> {
+    mounts.iter().find(|m| {
+        cands.contains(&Identity::Dev(m.dev)) && (mode.writable() || !m.read_only)
+    })
 }
 
 /// Whether another backend using one of our devices conflicts. Read-write requests
@@ -110,23 +124,31 @@ impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Holder::Local { dev, mount_point } => write!(f, "local {dev} at {mount_point}"),
-            Holder::Guest { dev, domid, .. } => write!(f, "guest {dev} in domain {domid}"),
+            Holder::Guest { ident, domid, .. } => {
+                write!(f, "guest {} in domain {domid}", ident.dev())
+            }
         }
     }
 }
 
-/// Reads what the decision needs, under the `block` lock.
-pub struct Scan<'a> {
+/// The sharing check of one request, under the `block` lock: this backend (skipped in
+/// the walk), its frontend's VM (for `same_vm`), the requested mode, and the platform that
+/// says what other backends' nodes name and what is mounted.
+pub struct SharingCheck<'a, P: Platform> {
+    pub platform: &'a P,
     pub store: &'a dyn Store,
     pub me: &'a BackendPath,
     pub frontend_id: u32,
-    pub frontend_uuid: String,
+    /// The frontend's `vm` path (upstream `FRONTEND_UUID`), `unknown` when absent.
+    pub frontend_vm: String,
     pub mode: Mode,
 }
 
-impl Scan<'_> {
+impl<P: Platform> SharingCheck<'_, P> {
     /// The first conflicting holder of any of `cands`, or `None` when sharing is fine.
-    pub fn check(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
+    /// Errors: the mounts or a node the walk reached could not be read, or a listing
+    /// could not be had whole (`xs` refuses an incomplete one).
+    pub fn check(&self, cands: &[Identity]) -> Result<Option<Holder>> {
         if cands.is_empty() {
             return Ok(None);
         }
@@ -136,8 +158,14 @@ impl Scan<'_> {
         self.check_guests(cands)
     }
 
-    fn check_mounts(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
-        let mounts = os::local_mounts()?;
+    /// `check` of device numbers (the storage helpers' devices).
+    pub fn check_devices(&self, devs: &[DevNum]) -> Result<Option<Holder>> {
+        let cands: Vec<Identity> = devs.iter().copied().map(Identity::Dev).collect();
+        self.check(&cands)
+    }
+
+    fn check_mounts(&self, cands: &[Identity]) -> Result<Option<Holder>> {
+        let mounts = self.platform.local_mounts()?;
         Ok(
             mount_conflict(cands, &mounts, self.mode).map(|m| Holder::Local {
                 dev: m.dev,
@@ -146,77 +174,23 @@ impl Scan<'_> {
         )
     }
 
-    /// Upstream's walk over every other backend, in listing order, stopping at the first
-    /// conflict. The nodes it needs are fetched first, in three rounds of requests that the
-    /// store may pipeline (the domain directories; every `physical-device-path`; the
-    /// legacy `physical-device` where the path names no block device), so the cost is the
-    /// daemon's per request, not a round trip each. The walk then meets each result where
-    /// the one-at-a-time walk would have read it: an error after a conflict is never seen,
-    /// an error before it is returned.
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "listings, doms and dom_dirs are parallel vectors; i enumerates listings, never longer than doms"
-    )]
-    fn check_guests(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
-        let root = &self.me.type_dir;
-        let Some(doms) = self.store.list(root)? else {
-            return Ok(None);
-        };
-        let dom_dirs: Vec<String> = doms.iter().map(|d| format!("{root}/{d}")).collect();
-        let mut listings = self.store.list_many(&dom_dirs);
-        // Nothing after a failed listing is looked at.
-        if let Some(bad) = listings.iter().position(|l| l.is_err()) {
-            listings.truncate(bad + 1);
-        }
-        let me_dom = self.me.frontend.to_string();
-        let me_dev = self.me.devid.to_string();
-        // Every other backend, in walk order: (index into doms, its path).
-        let mut others: Vec<(usize, String)> = Vec::new();
-        for (i, l) in listings.iter().enumerate() {
-            if let Ok(Some(devs)) = l {
-                for dev in devs {
-                    if doms[i] == me_dom && *dev == me_dev {
-                        continue;
-                    }
-                    others.push((i, format!("{}/{dev}", dom_dirs[i])));
-                }
-            }
-        }
-        let mut devices = self
-            .devices_of(others.iter().map(|(_, be)| be.as_str()))
-            .into_iter();
-        let mut others = others.into_iter().peekable();
-
+    fn check_guests(&self, cands: &[Identity]) -> Result<Option<Holder>> {
         let mut ours: Option<OurVm> = None;
-        for (i, listing) in listings.into_iter().enumerate() {
-            // A domain directory removed while we list is simply gone.
-            if listing?.is_none() {
-                continue;
-            }
-            while let Some((_, be)) = others.next_if(|(d, _)| *d == i) {
-                let Some(d) = devices.next().transpose()?.flatten() else {
-                    continue;
-                };
-                if !cands.contains(&d) {
-                    continue;
-                }
-                let dom = &doms[i];
-                if self.conflicts_with(dom, &be, &mut ours)? {
-                    return Ok(Some(Holder::Guest {
-                        dev: d,
-                        domid: dom.clone(),
-                        backend: be,
-                    }));
-                }
-            }
-        }
-        Ok(None)
+        walk(self.platform, self.store, self.me, cands, |dom, be, ident| {
+            Ok(self
+                .conflicts_with(dom, &be, &mut ours)?
+                .then(|| Holder::Guest {
+                    ident,
+                    domid: dom.to_string(),
+                    backend: be,
+                }))
+        })
     }
 
     /// Whether backend `be` of domain `dom`, which uses one of our devices, conflicts with
     /// this request, by upstream's rules (its `mode` for a read-only request, `same_vm`).
     /// `ours` caches our own VM identity across calls, read only when first needed.
-    pub fn conflicts_with(&self, dom: &str, be: &str, ours: &mut Option<OurVm>) -> Result<bool> {
+    fn conflicts_with(&self, dom: &str, be: &str, ours: &mut Option<OurVm>) -> Result<bool> {
         let other_mode = match self.mode {
             Mode::Read => {
                 Mode::canonicalise_other(self.store.read(&format!("{be}/mode"))?.as_deref())
@@ -229,326 +203,153 @@ impl Scan<'_> {
         let ours = match ours {
             Some(o) => o,
             None => ours.insert(OurVm {
-                uuid: self.frontend_uuid.clone(),
-                target_vm: self.target_vm(&self.frontend_id.to_string())?,
+                uuid: self.frontend_vm.clone(),
+                target_vm: target_vm(self.store, &self.frontend_id.to_string())?,
             }),
         };
         let other_vm = self.store.read(&format!("/local/domain/{dom}/vm"))?;
-        let other_target_vm = self.target_vm(dom)?;
+        let other_target_vm = target_vm(self.store, dom)?;
         let same = same_vm(ours, other_vm.as_deref(), other_target_vm.as_deref());
         Ok(guest_conflicts(self.mode, other_mode, same))
     }
+}
 
-    /// The `vm` of the domain a (stub)domain serves, if it has a `target`.
-    fn target_vm(&self, domid: &str) -> Result<Option<String>> {
-        match self.store.read(&format!("/local/domain/{domid}/target"))? {
-            Some(t) if !t.is_empty() => self.store.read(&format!("/local/domain/{t}/vm")),
-            _ => Ok(None),
-        }
-    }
+/// Who else uses `dev` on this host, whatever the modes: the dom0 mounts of it ("mounted
+/// at /mnt") and the other backends of `me`'s type whose device it is
+/// ("/local/domain/0/backend/vbd/3/768 (domain 3)"). For a storage helper's remove, which
+/// must not tear down a device someone still uses. Errors as `SharingCheck::check`.
+pub fn other_users<P: Platform>(
+    platform: &P,
+    store: &dyn Store,
+    me: &BackendPath,
+    dev: DevNum,
+) -> Result<Vec<String>> {
+    let mut users: Vec<String> = platform
+        .local_mounts()?
+        .into_iter()
+        .filter(|m| m.dev == dev)
+        .map(|m| format!("mounted at {}", m.mount_point))
+        .collect();
+    walk(platform, store, me, &[Identity::Dev(dev)], |dom, be, _| {
+        users.push(format!("{be} (domain {dom})"));
+        Ok(None::<()>)
+    })?;
+    Ok(users)
+}
 
-    /// Each other backend's device, in order: its `physical-device-path` when that is a
-    /// block device now, else its legacy `physical-device` node (read only then).
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "out and bes have one entry per backend; legacy holds indices into them"
-    )]
-    fn devices_of<'b>(&self, bes: impl Iterator<Item = &'b str>) -> Vec<Result<Option<DevNum>>> {
-        let bes: Vec<&str> = bes.collect();
-        let paths: Vec<String> = bes
-            .iter()
-            .map(|be| format!("{be}/physical-device-path"))
-            .collect();
-        let mut out: Vec<Result<Option<DevNum>>> = self
-            .store
-            .read_many(&paths)
-            .into_iter()
-            .map(|r| r.map(|p| p.as_deref().and_then(os::stat_block_device)))
-            .collect();
-        let legacy: Vec<usize> = (0..bes.len())
-            .filter(|&i| matches!(out[i], Ok(None)))
-            .collect();
-        let nodes: Vec<String> = legacy
-            .iter()
-            .map(|&i| format!("{}/physical-device", bes[i]))
-            .collect();
-        for (i, r) in legacy.into_iter().zip(self.store.read_many(&nodes)) {
-            out[i] = r.map(|v| v.and_then(|v| os::parse_physical_device(&v)));
-        }
-        out
+/// The `vm` of the domain a (stub)domain serves, if it has a `target`.
+fn target_vm(store: &dyn Store, domid: &str) -> Result<Option<String>> {
+    match store.read(&format!("/local/domain/{domid}/target"))? {
+        Some(t) if !t.is_empty() => store.read(&format!("/local/domain/{t}/vm")),
+        _ => Ok(None),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(dev: DevNum, ro: bool) -> Mount {
-        Mount {
-            dev,
-            mount_point: "/mnt".into(),
-            source: "/dev/x".into(),
-            read_only: ro,
-        }
+/// Upstream's walk over every other backend of `me`'s type, in listing order, calling
+/// `visit(domid, backend, identity)` for each that uses one of `cands` and stopping at the
+/// first `Some`. The nodes it needs are fetched first, in three rounds of requests that the
+/// store may pipeline (the domain directories; every `physical-device-path`; the legacy
+/// `physical-device` where the path names nothing usable), so the cost is the daemon's
+/// per request, not a round trip each. The walk then meets each result where the
+/// one-at-a-time walk would have read it: an error after the stop is never seen, an error
+/// before it is returned.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "listings, doms and dom_dirs are parallel vectors; i enumerates listings, never longer than doms"
+)]
+fn walk<P: Platform, T>(
+    platform: &P,
+    store: &dyn Store,
+    me: &BackendPath,
+    cands: &[Identity],
+    mut visit: impl FnMut(&str, String, Identity) -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let root = &me.type_dir;
+    let Some(doms) = store.list(root)? else {
+        return Ok(None);
+    };
+    let dom_dirs: Vec<String> = doms.iter().map(|d| format!("{root}/{d}")).collect();
+    let mut listings = store.list_many(&dom_dirs);
+    // Nothing after a failed listing is looked at.
+    if let Some(bad) = listings.iter().position(|l| l.is_err()) {
+        listings.truncate(bad + 1);
     }
-
-    #[test]
-    fn mounts() {
-        let a = DevNum::new(7, 1);
-        let b = DevNum::new(7, 2);
-        let mounts = [m(a, true), m(b, false)];
-        assert!(mount_conflict(&[a], &mounts, Mode::Write).is_some());
-        assert!(mount_conflict(&[a], &mounts, Mode::Read).is_none());
-        assert!(mount_conflict(&[b], &mounts, Mode::Read).is_some());
-        assert!(mount_conflict(&[DevNum::new(8, 0)], &mounts, Mode::Write).is_none());
-    }
-
-    #[test]
-    fn guest_rules() {
-        assert!(guest_conflicts(Mode::Write, Mode::Read, false));
-        assert!(guest_conflicts(Mode::Write, Mode::Write, false));
-        assert!(!guest_conflicts(Mode::Write, Mode::Write, true));
-        assert!(!guest_conflicts(Mode::Read, Mode::Read, false));
-        assert!(guest_conflicts(Mode::Read, Mode::Write, false));
-        assert!(!guest_conflicts(Mode::Read, Mode::Force, false));
-        assert!(!guest_conflicts(Mode::Read, Mode::Write, true));
-    }
-
-    fn vm(uuid: &str, target: Option<&str>) -> OurVm {
-        OurVm {
-            uuid: uuid.into(),
-            target_vm: target.map(Into::into),
-        }
-    }
-
-    #[test]
-    fn same_vm_as_upstream_master() {
-        // Two unrelated guests without targets: different (the 4.7-4.18 bug said same).
-        assert!(!same_vm(&vm("/vm/a", None), Some("/vm/b"), None));
-        // Same VM.
-        assert!(same_vm(&vm("/vm/a", None), Some("/vm/a"), None));
-        // Other domain vanished: counts as same, by design.
-        assert!(same_vm(&vm("/vm/a", None), None, None));
-        // We are the stubdom of the other guest.
-        assert!(same_vm(&vm("/vm/stub", Some("/vm/a")), Some("/vm/a"), None));
-        // The other is the stubdom of our guest.
-        assert!(same_vm(&vm("/vm/a", None), Some("/vm/stub"), Some("/vm/a")));
-        // Two stubdoms of the same guest.
-        assert!(same_vm(
-            &vm("/vm/s1", Some("/vm/a")),
-            Some("/vm/s2"),
-            Some("/vm/a")
-        ));
-        // Stubdoms of different guests.
-        assert!(!same_vm(
-            &vm("/vm/s1", Some("/vm/a")),
-            Some("/vm/s2"),
-            Some("/vm/b")
-        ));
-    }
-
-    /// A store in a map that fails on chosen paths and records what was read.
-    #[derive(Default)]
-    struct Fake {
-        nodes: std::collections::BTreeMap<String, String>,
-        failing: Vec<String>,
-        reads: std::cell::RefCell<Vec<String>>,
-    }
-
-    impl Fake {
-        fn set(&mut self, k: &str, v: &str) {
-            self.nodes.insert(k.into(), v.into());
-        }
-        fn fails(&self, path: &str) -> Result<()> {
-            if self.failing.iter().any(|f| f == path) {
-                anyhow::bail!("injected failure at {path}");
+    let me_dom = me.frontend.to_string();
+    let me_dev = me.devid.to_string();
+    // Every other backend, in walk order: (index into doms, its path).
+    let mut others: Vec<(usize, String)> = Vec::new();
+    for (i, l) in listings.iter().enumerate() {
+        if let Ok(Some(devs)) = l {
+            for dev in devs {
+                if doms[i] == me_dom && *dev == me_dev {
+                    continue;
+                }
+                others.push((i, format!("{}/{dev}", dom_dirs[i])));
             }
-            Ok(())
         }
     }
+    let mut devices = devices_of(platform, store, others.iter().map(|(_, be)| be.as_str()))
+        .into_iter();
+    let mut others = others.into_iter().peekable();
 
-    impl Store for Fake {
-        fn read(&self, path: &str) -> Result<Option<String>> {
-            self.reads.borrow_mut().push(path.into());
-            self.fails(path)?;
-            Ok(self.nodes.get(path).cloned())
+    for (i, listing) in listings.into_iter().enumerate() {
+        // A domain directory removed while we list is simply gone.
+        if listing?.is_none() {
+            continue;
         }
-        fn write(&self, _: &str, _: &str) -> Result<()> {
-            unreachable!()
-        }
-        fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
-            self.fails(path)?;
-            let prefix = format!("{path}/");
-            let mut kids: Vec<String> = self
-                .nodes
-                .keys()
-                .filter_map(|k| k.strip_prefix(&prefix))
-                .map(|r| r.split('/').next().unwrap_or(r).to_string())
-                .collect();
-            kids.dedup();
-            Ok((!kids.is_empty()).then_some(kids))
-        }
-        fn rm(&self, _: &str) -> Result<()> {
-            unreachable!()
-        }
-    }
-
-    const DEV: DevNum = DevNum::new(7, 5);
-
-    /// Guests 1-3 and us (9): 1 uses 7:1, 2 uses our 7:5 read-write, 3 uses 7:3.
-    fn guests() -> Fake {
-        let mut f = Fake::default();
-        for (d, pd) in [(1, "7:1"), (2, "7:5"), (3, "7:3"), (9, "7:5")] {
-            f.set(&format!("backend/vbd/{d}/768/physical-device"), pd);
-            f.set(&format!("backend/vbd/{d}/768/mode"), "w");
-            f.set(&format!("/local/domain/{d}/vm"), &format!("/vm/{d}"));
-        }
-        // A path that is no block device falls back to the legacy node.
-        f.set("backend/vbd/1/768/physical-device-path", "/nonexistent/xbh");
-        f
-    }
-
-    fn scan(f: &Fake, mode: Mode) -> Result<Option<Holder>> {
-        let me = BackendPath::parse("backend/vbd/9/768", "backend", "vbd").unwrap();
-        Scan {
-            store: f,
-            me: &me,
-            frontend_id: 9,
-            frontend_uuid: "/vm/9".into(),
-            mode,
-        }
-        .check_guests(&[DEV])
-    }
-
-    #[test]
-    fn batched_walk_finds_the_first_holder_and_skips_us() {
-        let f = guests();
-        let h = scan(&f, Mode::Write).unwrap().unwrap();
-        assert_eq!(
-            h,
-            Holder::Guest {
-                dev: DEV,
-                domid: "2".into(),
-                backend: "backend/vbd/2/768".into()
+        while let Some((_, be)) = others.next_if(|(d, _)| *d == i) {
+            let Some(d) = devices.next().transpose()?.flatten() else {
+                continue;
+            };
+            if !cands.contains(&d) {
+                continue;
             }
-        );
-        {
-            let reads = f.reads.borrow();
-            assert!(
-                !reads.iter().any(|r| r.starts_with("backend/vbd/9/")),
-                "{reads:?}"
-            );
-            // Each other backend's nodes are read once.
-            let n = reads
-                .iter()
-                .filter(|r| *r == "backend/vbd/1/768/physical-device")
-                .count();
-            assert_eq!(n, 1, "{reads:?}");
+            if let Some(found) = visit(&doms[i], be, d)? {
+                return Ok(Some(found));
+            }
         }
-        // Read-only next to a writer conflicts; next to a reader it does not.
-        assert!(scan(&f, Mode::Read).unwrap().is_some());
-        let mut f = guests();
-        f.set("backend/vbd/2/768/mode", "r");
-        assert_eq!(scan(&f, Mode::Read).unwrap(), None);
-        // The same VM is no conflict.
-        f.set("/local/domain/2/vm", "/vm/9");
-        assert_eq!(scan(&f, Mode::Write).unwrap(), None);
     }
-
-    #[test]
-    fn batched_walk_meets_errors_where_the_serial_walk_would() {
-        // A failure after the holder is never reached.
-        for late in ["backend/vbd/3", "backend/vbd/3/768/physical-device-path"] {
-            let mut f = guests();
-            f.failing.push(late.into());
-            assert!(scan(&f, Mode::Write).unwrap().is_some(), "{late}");
-        }
-        // A failure before it is the answer.
-        for early in [
-            "backend/vbd/1",
-            "backend/vbd/1/768/physical-device-path",
-            "backend/vbd/1/768/physical-device",
-        ] {
-            let mut f = guests();
-            f.failing.push(early.into());
-            let e = scan(&f, Mode::Write).unwrap_err();
-            assert!(e.to_string().contains(early), "{early}: {e}");
-        }
-        // No domains at all, or none but us.
-        assert_eq!(scan(&Fake::default(), Mode::Write).unwrap(), None);
-        let mut f = Fake::default();
-        f.set("backend/vbd/9/768/physical-device", "7:5");
-        assert_eq!(scan(&f, Mode::Write).unwrap(), None);
-    }
-
-    #[test]
-    fn messages_name_the_holder() {
-        let g = Holder::Guest {
-            dev: DevNum::new(7, 0),
-            domid: "5".into(),
-            backend: "backend/vbd/5/51712".into(),
-        };
-        let msg = busy_message("Device /dev/loop0", Mode::Write, &g);
-        assert_eq!(
-            msg,
-            "Device /dev/loop0 is mounted in a guest domain (domain 5, backend/vbd/5/51712),\n\
-             and so cannot be mounted now."
-        );
-        let l = Holder::Local {
-            dev: DevNum::new(7, 0),
-            mount_point: "/mnt/x".into(),
-        };
-        let msg = busy_message("Device /dev/loop0", Mode::Read, &l);
-        assert_eq!(
-            msg,
-            "Device /dev/loop0 is mounted read-write in the privileged domain (at /mnt/x),\n\
-             and so cannot be mounted read-only by a guest."
-        );
-    }
+    Ok(None)
 }
 
-#[cfg(test)]
-mod scan_tests {
-    use super::*;
-    use crate::invocation::BackendPath;
-    use crate::xs::Store;
-
-    /// A daemon whose backend listing cannot be returned whole (C xenstored, or the xenbus
-    /// ring, answer E2BIG past 4096 bytes; Debian's oxenstored over its socket does not,
-    /// so this one case is a stand-in).
-    struct TooBig;
-
-    impl Store for TooBig {
-        fn read(&self, _: &str) -> Result<Option<String>> {
-            Ok(None)
-        }
-        fn write(&self, _: &str, _: &str) -> Result<()> {
-            Ok(())
-        }
-        fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
-            Err(anyhow::anyhow!(
-                "cannot list xenstore directory {path}: E2BIG"
-            ))
-        }
-        fn rm(&self, _: &str) -> Result<()> {
-            Ok(())
-        }
+/// Each other backend's disk, in order: what its `physical-device-path` names now when it
+/// names something usable, else its legacy `physical-device` node (read only then).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "out and bes have one entry per backend; legacy holds indices into them"
+)]
+fn devices_of<'b, P: Platform>(
+    platform: &P,
+    store: &dyn Store,
+    bes: impl Iterator<Item = &'b str>,
+) -> Vec<Result<Option<Identity>>> {
+    let bes: Vec<&str> = bes.collect();
+    let paths: Vec<String> = bes
+        .iter()
+        .map(|be| format!("{be}/physical-device-path"))
+        .collect();
+    let mut out: Vec<Result<Option<Identity>>> = store
+        .read_many(&paths)
+        .into_iter()
+        .map(|r| {
+            r.map(|p| p.as_deref().and_then(|p| platform.stat_identity(p)))
+                .map_err(Into::into)
+        })
+        .collect();
+    let legacy: Vec<usize> = (0..bes.len())
+        .filter(|&i| matches!(out[i], Ok(None)))
+        .collect();
+    let nodes: Vec<String> = legacy
+        .iter()
+        .map(|&i| format!("{}/physical-device", bes[i]))
+        .collect();
+    for (i, r) in legacy.into_iter().zip(store.read_many(&nodes)) {
+        out[i] = r
+            .map(|v| {
+                v.and_then(|v| platform.parse_physical_device(&v))
+                    .map(Identity::Dev)
+            })
+            .map_err(Into::into);
     }
-
-    #[test]
-    fn an_incomplete_listing_refuses_instead_of_passing() {
-        let me = BackendPath::parse("backend/vbd/1/51712", "backend", "vbd").unwrap();
-        let scan = Scan {
-            store: &TooBig,
-            me: &me,
-            frontend_id: 1,
-            frontend_uuid: "/vm/a".into(),
-            mode: Mode::Write,
-        };
-        // A device number no mount uses, so only the guest listing can decide.
-        let err = scan.check(&[DevNum::new(0xfff, 0xfffff)]).unwrap_err();
-        assert!(err.to_string().contains("E2BIG"), "{err}");
-        // Nothing to check: no listing needed.
-        assert_eq!(scan.check(&[]).unwrap(), None);
-    }
+    out
 }

@@ -3,30 +3,47 @@
 //! Blocking calls (a hung xenstored, a `block` lock held by a stuck shell script) cannot be
 //! interrupted portably, so a watchdog thread ends the process instead: it logs what the
 //! run was doing, tries (for at most two seconds, on a fresh connection) to leave
-//! `hotplug-error` and `hotplug-status=error`, and exits 1. Killed mid-attach, the remove
+//! `hotplug-error` and `hotplug-status=error` through the run's `Reporter` (which writes
+//! nothing if the main thread reported first), and exits 1. Killed mid-attach, the remove
 //! record still finds the loop device, and the kernel drops the `block` flock with our fd.
 
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::path::Path;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{Result, anyhow};
 
-use crate::backend::Backend;
 use crate::invocation::BackendPath;
+use crate::lock::{LOCK_DIR, Lock};
 use crate::log;
+use crate::report::Reporter;
 use crate::xs::XenStore;
 
 /// Default deadline in seconds; `XEN_BLOCK_HOTPLUG_TIMEOUT` overrides it (1 to 3600).
 pub const DEFAULT_SECS: u64 = 30;
 
-static PHASE: Mutex<&'static str> = Mutex::new("starting");
+static PHASE: Mutex<Cow<'static, str>> = Mutex::new(Cow::Borrowed("starting"));
 
 /// Records what the run is doing, for the timeout message.
-pub fn phase(what: &'static str) {
+pub fn phase(what: impl Into<Cow<'static, str>>) {
     if let Ok(mut p) = PHASE.lock() {
-        *p = what;
+        *p = what.into();
     }
+}
+
+/// The lock `name` in `dir`, the phase saying which lock the run waits for and holds.
+pub fn claim_lock(dir: &Path, name: &str) -> Result<Lock> {
+    phase(format!("waiting for the {name} lock"));
+    let l = Lock::claim_in(dir, name);
+    phase(format!("holding the {name} lock"));
+    l
+}
+
+/// `claim_lock` in the lock directory of `locking.sh`.
+pub fn lock(name: &str) -> Result<Lock> {
+    claim_lock(Path::new(LOCK_DIR), name)
 }
 
 pub fn deadline() -> Duration {
@@ -38,29 +55,30 @@ pub fn deadline() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// Starts the watchdog for a run on `backend` (if known).
-pub fn start(backend: Option<BackendPath>) {
+/// Starts the watchdog for a run on `backend`, reporting through `reporter`.
+pub fn start(backend: BackendPath, reporter: Arc<Reporter>) {
     let limit = deadline();
     let spawned = std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || {
             std::thread::sleep(limit);
-            let what = PHASE.lock().map(|p| *p).unwrap_or("running");
+            let what = PHASE
+                .lock()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|_| "running".to_string());
             let msg = format!(
                 "timed out after {} s while {what}; giving up before libxl's 40 s kill",
                 limit.as_secs()
             );
-            log::err(&msg);
-            if let Some(path) = backend {
-                let (tx, rx) = mpsc::channel();
-                let _ = std::thread::Builder::new().spawn(move || {
-                    if let Ok(store) = XenStore::open() {
-                        Backend::new(&store, path).report_failure(&anyhow!(msg));
-                    }
-                    let _ = tx.send(());
-                });
-                let _ = rx.recv_timeout(Duration::from_secs(2));
-            }
+            let (tx, rx) = mpsc::channel();
+            let _ = std::thread::Builder::new().spawn(move || {
+                match XenStore::open() {
+                    Ok(store) => reporter.failure(&store, &backend, &anyhow!(msg)),
+                    Err(e) => log::err(&format!("{msg}; and {e:#}")),
+                }
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(2));
             std::process::exit(1);
         });
     if let Err(e) = spawned {

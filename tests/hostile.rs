@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 
 use common::*;
-use xen_block_hotplug::os::loopdev;
+use xen_block_hotplug::platform::linux::loopdev;
 
 /// The outcome a case must end in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

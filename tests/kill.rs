@@ -28,7 +28,7 @@ use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rel::*;
-use xen_block_hotplug::lock::Lock;
+use xen_block_hotplug::lock::{LOCK_DIR, Lock};
 
 /// How long our add and remove of a file take here (medians of 7), to spread the kills
 /// over them.
@@ -55,7 +55,7 @@ fn calibrate(xs: &Xenstored, img: &str) -> (Duration, Duration) {
 fn lock_not_wedged() {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let l = Lock::claim("block");
+        let l = Lock::claim_in(std::path::Path::new(LOCK_DIR), "block");
         let _ = tx.send(l.is_ok());
     });
     assert_eq!(

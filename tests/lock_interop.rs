@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use xen_block_hotplug::lock::Lock;
+use xen_block_hotplug::lock::{LOCK_DIR, Lock};
 
 #[test]
 fn both_directions() {
@@ -21,7 +21,7 @@ fn both_directions() {
     // 1. The shell holds it: our claim waits until the shell releases.
     let sh = ShellLockHolder::start();
     let releaser = sh.release_after(Duration::from_millis(700));
-    let lock = Lock::claim("block").unwrap();
+    let lock = Lock::claim_in(Path::new(LOCK_DIR), "block").unwrap();
     let got = Instant::now();
     assert!(
         got >= releaser.join().unwrap(),

@@ -7,7 +7,8 @@ mod common;
 use std::fs::OpenOptions;
 
 use common::*;
-use xen_block_hotplug::os::loopdev::{self, Detach, Method};
+use xen_block_hotplug::platform::linux::blkdev;
+use xen_block_hotplug::platform::linux::loopdev::{self, Detach, Method};
 
 fn sysfs(dev: &str, attr: &str) -> String {
     let name = dev.trim_start_matches("/dev/");
@@ -45,7 +46,7 @@ fn both_methods_bind_read_only_and_read_write() {
                 if ro { "1" } else { "0" },
                 "{method:?} ro={ro}"
             );
-            assert_eq!(loopdev::read_only(&fd).unwrap(), ro);
+            assert_eq!(blkdev::read_only(&fd).unwrap(), ro);
             assert_eq!(
                 loopdev::flags_of(&fd).unwrap() & loopdev::LO_FLAGS_READ_ONLY != 0,
                 ro
@@ -54,10 +55,10 @@ fn both_methods_bind_read_only_and_read_write() {
             let meta = std::fs::metadata(&img).unwrap();
             use std::os::unix::fs::MetadataExt;
             let found =
-                loopdev::loops_backed_by(loopdev::split_dev(meta.dev()), meta.ino()).unwrap();
+                loopdev::loops_backed_by(blkdev::split_dev(meta.dev()), meta.ino()).unwrap();
             assert_eq!(found, vec![(att.path.clone(), att.rdev)]);
             drop(fd);
-            let backing = (loopdev::split_dev(meta.dev()), meta.ino());
+            let backing = (blkdev::split_dev(meta.dev()), meta.ino());
             // A wrong diskseq is a different attachment: left alone.
             let mut wrong = att.clone();
             wrong.diskseq = att.diskseq.map(|s| s + 1);

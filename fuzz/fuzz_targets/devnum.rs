@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use xen_block_hotplug::devnum::DevNum;
-use xen_block_hotplug::os::netbsd_logic;
+use xen_block_hotplug::platform::netbsd::vnd as netbsd_logic;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

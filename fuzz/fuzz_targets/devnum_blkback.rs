@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use xen_block_hotplug::devnum::DevNum;
-use xen_block_hotplug::os;
+use xen_block_hotplug::platform::linux as os;
 
 /// The kernel's `vsscanf` for `%x` into an `unsigned int`: blanks skipped, the first
 /// character must be a hex digit, a `0x` prefix skipped (even with no digit after it:

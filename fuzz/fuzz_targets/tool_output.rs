@@ -8,7 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use xen_block_hotplug::devnum::DevNum;
-use xen_block_hotplug::os::netbsd_logic as nb;
+use xen_block_hotplug::platform;
+use xen_block_hotplug::platform::netbsd::vnd as nb;
 use xen_block_hotplug::storage::{drbd, iscsi, nbd};
 use xen_block_hotplug::tool;
 
@@ -64,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(u) = nb::parse_vnd_node(s) {
         assert_eq!(nb::vnd_node(u), s);
     }
-    let _ = nb::expand(s);
+    let _ = platform::expand(s);
     if let Ok(d) = tool::wait_from_env(Some(s)) {
         assert!(d > std::time::Duration::ZERO && d <= std::time::Duration::from_secs(3600));
         let _ = tool::secs(d);

@@ -7,6 +7,8 @@
 //! through `pipeline`, our own connections to the same socket that keep many requests in
 //! flight, because xenstore-rs sends one at a time; on the device they go one at a time.
 
+#[cfg(test)]
+pub mod mem;
 mod pipeline;
 
 use std::cell::OnceCell;

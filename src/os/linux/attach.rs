@@ -9,18 +9,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::backend::{Backend, Busy, busy};
+use crate::backend::Backend;
 use crate::devnum::DevNum;
 use crate::lock::Lock;
+use crate::platform::linux::Linux;
 use crate::log;
 use crate::mode::Mode;
 use crate::request::{AddNodes, Frontend};
-use crate::sharing::{self, Scan};
+use crate::report::{Busy, busy};
+use crate::sharing::{self, SharingCheck};
 use crate::state::{self, Record};
 use crate::tool::Deadline;
 use crate::watchdog;
 
-use super::loopdev;
+use super::blkdev;
 
 /// Time kept back from the run's watchdog for undoing a failed add.
 const UNDO_RESERVE: Duration = Duration::from_secs(8);
@@ -70,7 +72,7 @@ pub struct Request<'a> {
     /// The backend `type` node.
     pub ty: Option<String>,
     pub mode: Mode,
-    pub scan: Scan<'a>,
+    pub scan: SharingCheck<'a, Linux>,
     pub key: String,
     pub budget: Budget,
 }
@@ -90,7 +92,7 @@ pub fn begin_remove(be: &Backend, lock: &str, kind: &str) -> Result<RemoveStart>
     let budget = Budget::now();
     let key = be.path.state_key();
     // The lock first, so queueing behind another run does not use up our waits.
-    let lock = Lock::claim(lock)?;
+    let lock = watchdog::lock(lock)?;
     let deadline = budget.wait()?;
     let rec = state::load(&key)?;
     if let Some(r) = &rec {
@@ -108,7 +110,7 @@ pub fn begin_remove(be: &Backend, lock: &str, kind: &str) -> Result<RemoveStart>
 /// when `physical-device` is already there (libxl may call add twice: nothing to do).
 pub fn begin_add<'a>(be: &'a Backend<'a>) -> Result<Option<Request<'a>>> {
     let budget = Budget::now();
-    let Some(nodes) = AddNodes::read(be)? else {
+    let Some(nodes) = AddNodes::read(be, "physical-device")? else {
         return Ok(None);
     };
     let fe = Frontend::read(be, &nodes.mode)?;
@@ -116,7 +118,7 @@ pub fn begin_add<'a>(be: &'a Backend<'a>) -> Result<Option<Request<'a>>> {
         params: nodes.params,
         ty: nodes.ty,
         mode: fe.mode,
-        scan: fe.scan(be),
+        scan: fe.sharing_check(be, &Linux),
         key: be.path.state_key(),
         budget,
     }))
@@ -147,10 +149,10 @@ pub fn block_device(path: &Path) -> Result<Device> {
     // Opened read-only and non-blocking only to ask for the disk sequence number.
     let diskseq = open_nonblocking(&real)
         .ok()
-        .and_then(|f| loopdev::diskseq(&f));
+        .and_then(|f| blkdev::diskseq(&f));
     Ok(Device {
         path: shown,
-        rdev: loopdev::split_dev(meta.rdev()),
+        rdev: blkdev::split_dev(meta.rdev()),
         diskseq,
     })
 }
@@ -164,11 +166,11 @@ fn open_nonblocking(p: &Path) -> std::io::Result<File> {
 
 /// The sharing check of `block` on the device numbers a disk is reachable by (a
 /// multipath map and its path device), unless the mode is `w!`.
-pub fn check_sharing(scan: &Scan, what: &str, devs: &[DevNum]) -> Result<()> {
+pub fn check_sharing(scan: &SharingCheck<Linux>, what: &str, devs: &[DevNum]) -> Result<()> {
     if scan.mode == Mode::Force {
         return Ok(());
     }
-    if let Some(h) = scan.check(devs)? {
+    if let Some(h) = scan.check_devices(devs)? {
         return Err(busy(sharing::busy_message(what, scan.mode, &h)));
     }
     Ok(())
@@ -177,7 +179,12 @@ pub fn check_sharing(scan: &Scan, what: &str, devs: &[DevNum]) -> Result<()> {
 /// Writes the device nodes as `block` does (`write_dev`), `hotplug-status=connected`
 /// last.
 pub fn publish(be: &Backend, node: Option<&str>, dev: &Device) -> Result<()> {
-    be.write_dev(node, &dev.path, dev.rdev, dev.diskseq)
+    be.write_dev(
+        node.map(|n| ("node", n)),
+        &dev.path,
+        Some(&dev.rdev.to_linux_hex()),
+        dev.diskseq,
+    )
 }
 
 /// Records the device in a remove record.
@@ -237,7 +244,7 @@ pub fn with_undo_errors(err: anyhow::Error, undo: Vec<String>) -> anyhow::Error 
     }
     let tail = format!("; and undoing the attach failed: {}", undo.join("; "));
     match err.downcast_ref::<Busy>() {
-        Some(b) => busy(format!("{}{tail}", b.0)),
+        Some(b) => busy(format!("{}{tail}", b.message)),
         None => anyhow!("{err:#}{tail}"),
     }
 }
@@ -270,46 +277,10 @@ impl Steps {
     }
 }
 
-/// Who else uses a device locally: other backends of this type (device from their
-/// `physical-device-path` when it is a block device, else `physical-device`) and local
-/// mounts. Each entry says who.
+/// Who else uses a device locally: other backends of this type and local mounts
+/// (`sharing::other_users`, the one walk over the other backends). Each entry says who.
 pub fn other_users(be: &Backend, rdev: DevNum) -> Result<Vec<String>> {
-    let mut users = Vec::new();
-    for m in super::local_mounts()? {
-        if m.dev == rdev {
-            users.push(format!("mounted at {}", m.mount_point));
-        }
-    }
-    let root = &be.path.type_dir;
-    let Some(doms) = be.store.list(root)? else {
-        return Ok(users);
-    };
-    for dom in doms {
-        let Some(devs) = be.store.list(&format!("{root}/{dom}"))? else {
-            continue;
-        };
-        for dev in devs {
-            if dom == be.path.frontend.to_string() && dev == be.path.devid.to_string() {
-                continue;
-            }
-            let other = format!("{root}/{dom}/{dev}");
-            let by_path = be
-                .store
-                .read(&format!("{other}/physical-device-path"))?
-                .and_then(|p| super::stat_block_device(&p));
-            let d = match by_path {
-                Some(d) => Some(d),
-                None => be
-                    .store
-                    .read(&format!("{other}/physical-device"))?
-                    .and_then(|v| super::parse_physical_device(&v)),
-            };
-            if d == Some(rdev) {
-                users.push(format!("{other} (domain {dom})"));
-            }
-        }
-    }
-    Ok(users)
+    sharing::other_users(&Linux, be.store, &be.path, rdev)
 }
 
 #[cfg(test)]

@@ -15,10 +15,9 @@ use std::path::Path;
 use anyhow::{Result, anyhow};
 
 use crate::backend::Backend;
-use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
-use crate::sharing::Scan;
+use crate::sharing::SharingCheck;
 use crate::state::{self, Record};
 use crate::storage::drbd::{self, Resource, Role};
 use crate::tool::{Cmd, Deadline};
@@ -75,7 +74,7 @@ pub fn add(be: &Backend) -> Result<()> {
     }
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = Lock::claim(LOCK)?;
+    let _lock = watchdog::lock(LOCK)?;
     let deadline = req.budget.wait()?;
     watchdog::phase("asking drbdadm");
     let before = role(&r, &deadline)?;
@@ -105,16 +104,16 @@ pub fn add(be: &Backend) -> Result<()> {
         attach::record_device(&mut rec, &dev);
         state::save(&req.key, &rec)?;
         // DRBD semantics: no read-only sharing between guests.
-        let scan = Scan {
+        let scan = SharingCheck {
             mode: if req.mode == Mode::Read {
                 Mode::Write
             } else {
                 req.mode
             },
-            frontend_uuid: req.scan.frontend_uuid.clone(),
+            frontend_vm: req.scan.frontend_vm.clone(),
             ..req.scan
         };
-        let _block = Lock::claim("block")?;
+        let _block = watchdog::lock("block")?;
         attach::check_sharing(
             &scan,
             &format!("DRBD resource {r} ({})", dev.path),
@@ -177,7 +176,7 @@ pub fn remove(be: &Backend) -> Result<()> {
                 }
             },
         };
-        let _block = Lock::claim("block")?;
+        let _block = watchdog::lock("block")?;
         let users = attach::other_users(be, rdev)?;
         if !users.is_empty() {
             log::debug(&format!(

@@ -30,8 +30,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::backend::{Backend, busy};
-use crate::lock::Lock;
+use crate::backend::Backend;
+use crate::report::busy;
 use crate::log;
 use crate::mode::Mode;
 use crate::state::{self, Record};
@@ -59,7 +59,7 @@ pub fn add(be: &Backend) -> Result<()> {
     }
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = Lock::claim(LOCK)?;
+    let _lock = watchdog::lock(LOCK)?;
     let deadline = req.budget.wait()?;
     watchdog::phase("listing iSCSI sessions");
     let sessions = list_sessions(&deadline)?;
@@ -120,7 +120,7 @@ pub fn add(be: &Backend) -> Result<()> {
         };
         attach::record_device(&mut rec, &dev);
         state::save(&req.key, &rec)?;
-        let _block = Lock::claim("block")?;
+        let _block = watchdog::lock("block")?;
         attach::check_sharing(
             &req.scan,
             &format!("iSCSI LUN {} of {} ({})", p.lun, p.iqn, dev.path),

@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 
 use crate::backend::Backend;
-use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
 use crate::state::{self, Record};
@@ -80,7 +79,7 @@ pub fn add(be: &Backend) -> Result<()> {
     tool::find("nbd-client")?;
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = Lock::claim(LOCK)?;
+    let _lock = watchdog::lock(LOCK)?;
     let deadline = req.budget.wait()?;
     let (count, free) = devices()?;
     if count == 0 {
@@ -154,7 +153,7 @@ pub fn add(be: &Backend) -> Result<()> {
         rec.set("pid", pid.to_string());
         attach::record_device(&mut rec, &device);
         state::save(&req.key, &rec)?;
-        let _block = Lock::claim("block")?;
+        let _block = watchdog::lock("block")?;
         attach::check_sharing(
             &req.scan,
             &format!("NBD device {} ({p})", device.path),

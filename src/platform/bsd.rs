@@ -2,6 +2,7 @@
 
 use nix::libc::c_char;
 
+use crate::devnum::DevNum;
 use crate::mountinfo::Mount;
 
 /// A fixed-size C string field (`f_mntfromname`, ...) as text.
@@ -16,9 +17,14 @@ pub fn c_string(chars: &[c_char]) -> String {
 
 /// A mount from `getvfsstat`/`getfsstat`'s names, kept only when its source is a block
 /// device now (the sharing check compares device numbers).
-pub fn device_mount(from: &[c_char], on: &[c_char], read_only: bool) -> Option<Mount> {
+pub fn device_mount(
+    stat: fn(&str) -> Option<DevNum>,
+    from: &[c_char],
+    on: &[c_char],
+    read_only: bool,
+) -> Option<Mount> {
     let source = c_string(from);
-    let dev = super::stat_block_device(&source)?;
+    let dev = stat(&source)?;
     Some(Mount {
         dev,
         mount_point: c_string(on),

@@ -18,6 +18,8 @@ use nix::errno::Errno;
 
 use crate::devnum::DevNum;
 
+use super::blkdev::{diskseq, split_dev};
+
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 pub const LO_FLAGS_READ_ONLY: u32 = 1;
@@ -73,8 +75,6 @@ mod ioctl {
     nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
     nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, LoopInfo64);
     nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
-    nix::ioctl_read!(blk_get_diskseq, 0x12, 128, u64);
-    nix::ioctl_read_bad!(blk_ro_get, 0x125E, nix::libc::c_int);
 }
 
 /// The identity of an attached loop device, enough to recognise it later.
@@ -83,11 +83,6 @@ pub struct Attached {
     pub path: String,
     pub rdev: DevNum,
     pub diskseq: Option<u64>,
-}
-
-/// Splits a `dev_t` as glibc does (`gnu_dev_major`/`gnu_dev_minor`).
-pub fn split_dev(dev: u64) -> DevNum {
-    DevNum::new(nix::sys::stat::major(dev), nix::sys::stat::minor(dev))
 }
 
 /// The backing file of a loop device as (st_dev, st_ino); `None` if the loop is unbound.
@@ -107,24 +102,6 @@ pub fn flags_of(loopdev: &File) -> Result<u32> {
     unsafe { ioctl::loop_get_status64(loopdev.as_raw_fd(), &mut info) }
         .context("LOOP_GET_STATUS64 failed")?;
     Ok(info.lo_flags)
-}
-
-/// The block layer's read-only flag of a block device (`BLKROGET`).
-pub fn read_only(dev: &File) -> Result<bool> {
-    let mut ro: nix::libc::c_int = 0;
-    // SAFETY: BLKROGET writes one int into `ro`.
-    unsafe { ioctl::blk_ro_get(dev.as_raw_fd(), &mut ro) }.context("BLKROGET failed")?;
-    Ok(ro != 0)
-}
-
-/// The disk sequence number (`BLKGETDISKSEQ`, Linux 5.15+), `None` where unsupported.
-pub fn diskseq(dev: &File) -> Option<u64> {
-    let mut seq: u64 = 0;
-    // SAFETY: BLKGETDISKSEQ writes one u64 into `seq`.
-    match unsafe { ioctl::blk_get_diskseq(dev.as_raw_fd(), &mut seq) } {
-        Ok(_) => Some(seq),
-        Err(_) => None,
-    }
 }
 
 /// Every bound loop device whose backing file is (`dev`, `ino`), as device numbers.
