@@ -10,8 +10,8 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 use clap::Parser;
 
-pub use crate::applet::Personality;
 use crate::applet;
+pub use crate::applet::Personality;
 use crate::backend::Backend;
 use crate::invocation::{self, LinuxEnv, Request};
 use crate::log;
@@ -124,10 +124,7 @@ fn run(personality: Personality, script: &Script) -> ExitCode {
 }
 
 /// This OS's calling convention (see `invocation`).
-fn parse_invocation(
-    args: &[String],
-    env: &LinuxEnv,
-) -> Result<Request, invocation::UsageError> {
+fn parse_invocation(args: &[String], env: &LinuxEnv) -> Result<Request, invocation::UsageError> {
     #[cfg(target_os = "linux")]
     return invocation::parse_linux(args, env);
     #[cfg(target_os = "netbsd")]

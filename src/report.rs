@@ -198,17 +198,29 @@ mod tests {
         let s = MemStore::default();
         let r = Reporter::new();
         r.failure(&s, &be, &anyhow!("timed out"));
-        assert_eq!(s.get("backend/vbd/1/768/hotplug-status").as_deref(), Some("error"));
+        assert_eq!(
+            s.get("backend/vbd/1/768/hotplug-status").as_deref(),
+            Some("error")
+        );
         assert!(r.success(&s, &be).is_err());
         r.failure(&s, &be, &busy("in use"));
-        assert_eq!(s.get("backend/vbd/1/768/hotplug-status").as_deref(), Some("error"));
-        assert_eq!(s.get("backend/vbd/1/768/hotplug-error").as_deref(), Some("timed out"));
+        assert_eq!(
+            s.get("backend/vbd/1/768/hotplug-status").as_deref(),
+            Some("error")
+        );
+        assert_eq!(
+            s.get("backend/vbd/1/768/hotplug-error").as_deref(),
+            Some("timed out")
+        );
 
         let s = MemStore::default();
         let r = Reporter::new();
         r.success(&s, &be).unwrap();
         r.failure(&s, &be, &anyhow!("timed out"));
-        assert_eq!(s.get("backend/vbd/1/768/hotplug-status").as_deref(), Some("connected"));
+        assert_eq!(
+            s.get("backend/vbd/1/768/hotplug-status").as_deref(),
+            Some("connected")
+        );
         assert_eq!(s.get("backend/vbd/1/768/hotplug-error"), None);
     }
 }

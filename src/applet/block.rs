@@ -193,6 +193,10 @@ fn add_file<P: Platform>(
             let _ = p.delete_record(&key);
         })?;
     let undo = |e: anyhow::Error| -> anyhow::Error {
+        // The node naming the device may have been written before the failure.
+        if let Err(r) = be.store.rm(&be.path.node(P::ATTACHED_NODE)) {
+            log::err(&format!("could not remove {}: {r:#}", P::ATTACHED_NODE));
+        }
         if let Err(d) = p.undo_attach(&attached) {
             log::err(&format!(
                 "could not undo attach of {}: {d:#}",
@@ -277,4 +281,482 @@ fn finish_remove<P: Platform>(be: &Backend) -> Result<()> {
         be.store.rm(&be.path.path)?;
     }
     Ok(())
+}
+
+/// The applet through the platform trait: one table of add, remove and sharing cases, run
+/// under Linux, NetBSD and FreeBSD rules (`platform::fake`), with the in-memory store and
+/// the real sharing check (so NetBSD's decimal `physical-device` of another backend is
+/// parsed by NetBSD's real parser on the way).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devnum::DevNum;
+    use crate::invocation::BackendPath;
+    use crate::mountinfo::Mount;
+    use crate::platform::fake::{
+        Fake, FreeBsdRules, LinuxRules, MADE_MAJOR, Named, NetBsdRules, Rules,
+    };
+    use crate::report::describe;
+    use crate::xs::Store;
+    use crate::xs::mem::MemStore;
+
+    const ROOT: &str = "/local/domain/0/backend/vbd";
+    const BE: &str = "/local/domain/0/backend/vbd/5/768";
+    const DISK: DevNum = DevNum::new(8, 16);
+    const PART: DevNum = DevNum::new(8, 17);
+    const IMG: &str = "/vm/a.img";
+    const IMG_ID: (u64, u64) = (0x71, 12);
+
+    struct World<R: Rules> {
+        p: Fake<R>,
+        s: MemStore,
+    }
+
+    impl<R: Rules> World<R> {
+        fn new(tag: &str, params: &str, mode: &str) -> World<R> {
+            let p = Fake::<R>::new(tag);
+            p.name("/dev/sdb", Named::Dev(DISK));
+            p.name("/dev/sdb1", Named::Dev(PART));
+            p.related.borrow_mut().insert(DISK, vec![PART]);
+            let img = Named::File {
+                dev: IMG_ID.0,
+                ino: IMG_ID.1,
+                perm: 0o644,
+            };
+            p.name(IMG, img);
+            p.name("/vm/link.img", img);
+            p.name(
+                "/vm/ro.img",
+                Named::File {
+                    dev: 0x71,
+                    ino: 13,
+                    perm: 0o444,
+                },
+            );
+            p.name("/vm", Named::Dir);
+            let s = MemStore::default();
+            s.set(&format!("{BE}/params"), params);
+            s.set(&format!("{BE}/mode"), mode);
+            s.set(&format!("{BE}/frontend-id"), "5");
+            s.set(&format!("{BE}/state"), "2");
+            s.set("/local/domain/5/vm", "/vm/five");
+            s.set("/local/domain/6/vm", "/vm/six");
+            World { p, s }
+        }
+
+        /// Another guest's backend using `dev`, spelled as this OS's backends spell it:
+        /// `physical-device` only (Linux hex, NetBSD decimal), or `physical-device-path`
+        /// (FreeBSD).
+        fn guest_uses_dev(&self, dom: u32, path: &str, dev: DevNum, mode: &str) {
+            let be = format!("{ROOT}/{dom}/832");
+            match R::format(dev) {
+                Some(pd) => self.s.set(&format!("{be}/physical-device"), &pd),
+                None => self.s.set(&format!("{be}/physical-device-path"), path),
+            }
+            self.s.set(&format!("{be}/mode"), mode);
+        }
+
+        /// Another guest's backend using the image (through a device made from it where
+        /// the OS makes one). Returns that device's label.
+        fn guest_uses_image(&self, dom: u32, mode: &str) -> String {
+            if R::ATTACHES {
+                let d = DevNum::new(MADE_MAJOR, 3);
+                self.p.made.borrow_mut().insert(d, IMG_ID);
+                self.guest_uses_dev(dom, "/dev/made3", d, mode);
+                format!("/dev/made3 ({d})")
+            } else {
+                self.guest_uses_dev(dom, "/vm/link.img", DevNum::new(0, 0), mode);
+                String::new()
+            }
+        }
+
+        fn run(&self, action: Action) -> std::result::Result<(), (&'static str, String)> {
+            let be = Backend::new(&self.s, BackendPath::parse(BE, "backend", "vbd").unwrap());
+            let script = Script::new("/nonexistent/scripts/block".into(), vec![]);
+            super::run(&self.p, action, &be, &script).map_err(|e| describe(&e))
+        }
+
+        fn node(&self, n: &str) -> Option<String> {
+            self.s.get(&format!("{BE}/{n}"))
+        }
+
+        fn record(&self) -> Option<Record> {
+            self.p.records.borrow().values().next().cloned()
+        }
+    }
+
+    enum Expect {
+        /// Published at this path (`made` for the device made from the file).
+        Connected(&'static str),
+        Busy(String),
+        Error(&'static str),
+    }
+
+    struct Case<R: Rules> {
+        name: &'static str,
+        params: &'static str,
+        mode: &'static str,
+        setup: fn(&World<R>) -> String,
+        expect: fn(&str) -> Expect,
+    }
+
+    fn nothing<R: Rules>(_: &World<R>) -> String {
+        String::new()
+    }
+
+    fn cases<R: Rules>() -> Vec<Case<R>> {
+        vec![
+            Case {
+                name: "phy alone",
+                params: "sdb",
+                mode: "w",
+                setup: nothing,
+                expect: |_| Expect::Connected("/dev/sdb"),
+            },
+            Case {
+                name: "phy used read-write by another guest",
+                params: "/dev/sdb",
+                mode: "r",
+                setup: |w| {
+                    w.guest_uses_dev(6, "/dev/sdb", DISK, "w");
+                    String::new()
+                },
+                expect: |_| {
+                    Expect::Busy(format!(
+                        "Device /dev/sdb is mounted read-write in a guest domain (domain 6, \
+                         {ROOT}/6/832),\nand so cannot be mounted read-only now."
+                    ))
+                },
+            },
+            Case {
+                name: "phy shared read-only",
+                params: "/dev/sdb",
+                mode: "r",
+                setup: |w| {
+                    w.guest_uses_dev(6, "/dev/sdb", DISK, "r");
+                    String::new()
+                },
+                expect: |_| Expect::Connected("/dev/sdb"),
+            },
+            Case {
+                name: "phy of the same VM",
+                params: "/dev/sdb",
+                mode: "w",
+                setup: |w| {
+                    w.guest_uses_dev(6, "/dev/sdb", DISK, "w");
+                    w.s.set("/local/domain/6/vm", "/vm/five");
+                    String::new()
+                },
+                expect: |_| Expect::Connected("/dev/sdb"),
+            },
+            Case {
+                name: "phy whose partition is mounted in dom0",
+                params: "/dev/sdb",
+                mode: "w",
+                setup: |w| {
+                    w.p.mounts.borrow_mut().push(Mount {
+                        dev: PART,
+                        mount_point: "/data".into(),
+                        source: "/dev/sdb1".into(),
+                        read_only: true,
+                    });
+                    String::new()
+                },
+                expect: |_| {
+                    Expect::Busy(
+                        "Device /dev/sdb (through the related device 8:11) is mounted in the \
+                         privileged domain (at /data),\nand so cannot be mounted by a guest."
+                            .into(),
+                    )
+                },
+            },
+            Case {
+                name: "phy in use, w! skips the check",
+                params: "/dev/sdb",
+                mode: "w!",
+                setup: |w| {
+                    w.guest_uses_dev(6, "/dev/sdb", DISK, "w");
+                    String::new()
+                },
+                expect: |_| Expect::Connected("/dev/sdb"),
+            },
+            Case {
+                name: "file alone",
+                params: IMG,
+                mode: "w",
+                setup: nothing,
+                expect: |_| Expect::Connected(if R::ATTACHES { "/dev/made0" } else { IMG }),
+            },
+            Case {
+                name: "file used by another guest",
+                params: IMG,
+                mode: "w",
+                setup: |w| w.guest_uses_image(6, "r"),
+                expect: |via| {
+                    let what = if R::ATTACHES {
+                        format!("File {IMG} {} {via},\nwhich", R::ATTACHED_VERB)
+                    } else {
+                        format!("File {IMG}")
+                    };
+                    Expect::Busy(format!(
+                        "{what} is mounted in a guest domain (domain 6, {ROOT}/6/832),\n\
+                         and so cannot be mounted now."
+                    ))
+                },
+            },
+            Case {
+                name: "file shared read-only",
+                params: IMG,
+                mode: "r",
+                setup: |w| w.guest_uses_image(6, "r"),
+                expect: |_| Expect::Connected(if R::ATTACHES { "/dev/made0" } else { IMG }),
+            },
+            Case {
+                name: "read-only file asked read-write",
+                params: "/vm/ro.img",
+                mode: "w",
+                setup: nothing,
+                expect: |_| {
+                    Expect::Busy(
+                        "File /vm/ro.img is read-only, and so I will not\nmount it read-write \
+                         in a guest domain."
+                            .into(),
+                    )
+                },
+            },
+            Case {
+                name: "read-only file system",
+                params: IMG,
+                mode: "w",
+                setup: |w| {
+                    w.p.open_errno.set(Some(nix::libc::EROFS));
+                    String::new()
+                },
+                expect: |_| {
+                    Expect::Busy(format!(
+                        "File {IMG} is read-only, and so I will not\nmount it read-write in a \
+                         guest domain.: {}",
+                        std::io::Error::from_raw_os_error(nix::libc::EROFS)
+                    ))
+                },
+            },
+            Case {
+                name: "missing params",
+                params: "/vm/nope.img",
+                mode: "w",
+                setup: nothing,
+                expect: |_| Expect::Error("is a path that does not exist (/vm/nope.img)"),
+            },
+            Case {
+                name: "a directory of an unknown type",
+                params: "/vm",
+                mode: "w",
+                setup: |w| {
+                    w.s.set(&format!("{BE}/type"), "weird");
+                    String::new()
+                },
+                expect: |_| Expect::Error("there is no block-weird script for type \"weird\""),
+            },
+            Case {
+                name: "invalid mode",
+                params: "/dev/sdb",
+                mode: "x",
+                setup: nothing,
+                expect: |_| Expect::Error("invalid mode"),
+            },
+            Case {
+                name: "frontend-id disagreeing with the path",
+                params: "/dev/sdb",
+                mode: "w",
+                setup: |w| {
+                    w.s.set(&format!("{BE}/frontend-id"), "6");
+                    String::new()
+                },
+                expect: |_| Expect::Error("is domain 5's backend"),
+            },
+            Case {
+                name: "publish fails",
+                params: IMG,
+                mode: "w",
+                setup: |w| {
+                    w.s.fail_at(&format!("{BE}/physical-device-path"));
+                    String::new()
+                },
+                // (FreeBSD reads that node first, to see if add ran already.)
+                expect: |_| {
+                    Expect::Error(
+                        "xenstore node /local/domain/0/backend/vbd/5/768/physical-device-path",
+                    )
+                },
+            },
+        ]
+    }
+
+    fn table<R: Rules>() {
+        for c in cases::<R>() {
+            let w = World::<R>::new(c.name, c.params, c.mode);
+            let via = (c.setup)(&w);
+            let made_before = w.p.made.borrow().len();
+            let what = format!("{}: {}", R::NAME, c.name);
+            match ((c.expect)(&via), w.run(Action::Add)) {
+                (Expect::Connected(path), Ok(())) => {
+                    assert_eq!(
+                        w.node("hotplug-status").as_deref(),
+                        Some("connected"),
+                        "{what}"
+                    );
+                    assert_eq!(
+                        w.node("physical-device-path").as_deref(),
+                        Some(path),
+                        "{what}"
+                    );
+                    let ident = w.p.stat_identity(path).unwrap();
+                    assert_eq!(w.node("physical-device"), R::format(ident.dev()), "{what}");
+                    let made = path.starts_with("/dev/made");
+                    assert_eq!(
+                        w.node(R::ATTACHED_NODE).is_some(),
+                        made,
+                        "{what}: the made device is named"
+                    );
+                    assert_eq!(w.record().is_some(), made, "{what}: record");
+                    if let Some(r) = w.record() {
+                        assert_eq!(r.get("kind"), Some(R::RECORD_KIND), "{what}");
+                        assert_eq!(r.get("node"), Some(path), "{what}");
+                    }
+                    // Called again (libxl may): nothing changes.
+                    let calls = w.p.calls().len();
+                    w.run(Action::Add).unwrap();
+                    assert_eq!(w.p.calls().len(), calls, "{what}: second add");
+                    // Remove undoes it all.
+                    w.run(Action::Remove).unwrap();
+                    assert_eq!(w.p.made.borrow().len(), made_before, "{what}: remove");
+                    assert_eq!(w.record(), None, "{what}: record after remove");
+                    assert_eq!(
+                        w.s.list(BE).unwrap().is_none(),
+                        R::REMOVES_BACKEND,
+                        "{what}: backend directory after remove"
+                    );
+                }
+                (expect, Err((status, msg))) => {
+                    match expect {
+                        Expect::Busy(m) => {
+                            assert_eq!((status, msg.as_str()), ("busy", m.as_str()), "{what}")
+                        }
+                        Expect::Error(m) => {
+                            assert_eq!(status, "error", "{what}: {msg}");
+                            assert!(msg.contains(m), "{what}: {msg}");
+                        }
+                        Expect::Connected(_) => panic!("{what}: refused: {status} {msg}"),
+                    }
+                    // Nothing left behind.
+                    assert_eq!(w.node("physical-device-path"), None, "{what}");
+                    assert_eq!(w.node("physical-device"), None, "{what}");
+                    assert_eq!(w.node(R::ATTACHED_NODE), None, "{what}");
+                    assert_eq!(w.record(), None, "{what}: record");
+                    assert_eq!(w.p.made.borrow().len(), made_before, "{what}: made");
+                }
+                (_, Ok(())) => panic!("{what}: added, but should have been refused"),
+            }
+        }
+    }
+
+    #[test]
+    fn table_under_linux_rules() {
+        table::<LinuxRules>();
+    }
+
+    #[test]
+    fn table_under_netbsd_rules() {
+        table::<NetBsdRules>();
+    }
+
+    #[test]
+    fn table_under_freebsd_rules() {
+        table::<FreeBsdRules>();
+    }
+
+    #[test]
+    fn netbsd_decimal_physical_device_reaches_the_sharing_check() {
+        // 8:16 is makedev(8, 16) = 2064 in NetBSD's spelling; Linux's parser would read
+        // "2064" as nothing, so only NetBSD's parser finds the holder.
+        let w = World::<NetBsdRules>::new("decimal", "/dev/sdb", "w");
+        w.s.set(&format!("{ROOT}/6/832/physical-device"), "2064");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "busy", "{msg}");
+        assert!(msg.contains("(domain 6,"), "{msg}");
+        let w = World::<LinuxRules>::new("decimal", "/dev/sdb", "w");
+        w.s.set(&format!("{ROOT}/6/832/physical-device"), "2064");
+        w.run(Action::Add).unwrap();
+    }
+
+    #[test]
+    fn an_unfinished_attach_is_undone_before_a_new_one() {
+        let w = World::<LinuxRules>::new("stale", IMG, "w");
+        w.run(Action::Add).unwrap();
+        // The nodes are gone (backend re-created) but the record and device stay.
+        w.s.rm(BE).unwrap();
+        for (n, v) in [
+            ("params", IMG),
+            ("mode", "w"),
+            ("frontend-id", "5"),
+            ("state", "2"),
+        ] {
+            w.s.set(&format!("{BE}/{n}"), v);
+        }
+        w.run(Action::Add).unwrap();
+        let calls = w.p.calls();
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| c.starts_with("detach /dev/made0"))
+                .count(),
+            1,
+            "{calls:?}"
+        );
+        assert_eq!(w.p.made.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_file_add_racing_a_remove_is_refused() {
+        let w = World::<LinuxRules>::new("closing", IMG, "w");
+        w.s.set(&format!("{BE}/state"), "5");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "error");
+        assert!(
+            msg.contains("Path closed or removed during hotplug add"),
+            "{msg}"
+        );
+        assert!(w.p.made.borrow().is_empty());
+    }
+
+    #[test]
+    fn remove_without_a_record_detaches_only_what_params_still_backs() {
+        // Attached by upstream's script: a `node`, no record.
+        let w = World::<LinuxRules>::new("legacy", IMG, "w");
+        let d = DevNum::new(MADE_MAJOR, 4);
+        w.p.made.borrow_mut().insert(d, IMG_ID);
+        w.s.set(&format!("{BE}/node"), "/dev/made4");
+        w.run(Action::Remove).unwrap();
+        assert!(w.p.made.borrow().is_empty(), "{:?}", w.p.calls());
+        // Backed by another file now: left alone.
+        let w = World::<LinuxRules>::new("legacy2", IMG, "w");
+        w.p.made.borrow_mut().insert(d, (0x71, 99));
+        w.s.set(&format!("{BE}/node"), "/dev/made4");
+        w.run(Action::Remove).unwrap();
+        assert_eq!(w.p.made.borrow().len(), 1);
+        // Another personality's record: left for its own script.
+        let w = World::<LinuxRules>::new("foreign", IMG, "w");
+        let mut r = Record::default();
+        r.set("kind", "iscsi");
+        w.p.records.borrow_mut().insert("k".into(), r.clone());
+        w.p.save_record(
+            &BackendPath::parse(BE, "backend", "vbd")
+                .unwrap()
+                .state_key(),
+            &r,
+        )
+        .unwrap();
+        w.run(Action::Remove).unwrap();
+        assert!(w.p.calls().is_empty());
+    }
 }

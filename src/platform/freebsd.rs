@@ -245,7 +245,6 @@ pub fn local_mounts() -> Result<Vec<Mount>> {
         .collect())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

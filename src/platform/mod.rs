@@ -23,6 +23,8 @@ use crate::devnum::DevNum;
 use crate::mountinfo::Mount;
 use crate::state::{self, Record};
 
+#[cfg(test)]
+pub mod fake;
 pub mod freebsd;
 pub mod netbsd;
 
@@ -91,7 +93,9 @@ pub enum Target {
     File(FileTarget),
     /// Neither: a `block-<type>` script's business, or an error naming `what` it is
     /// ("a directory (/x)", "a path that does not exist (/y)").
-    Other { what: String },
+    Other {
+        what: String,
+    },
 }
 
 /// The file opened for the attach, and which file that was (`st_dev`, `st_ino`): the

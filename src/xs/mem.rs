@@ -4,15 +4,16 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use anyhow::{Result, bail};
+use std::io;
 
-use crate::xs::Store;
+use crate::xs::{DaemonErrno, Op, Result, Store, StoreError};
 
 #[derive(Default)]
 pub struct MemStore {
     nodes: RefCell<BTreeMap<String, String>>,
-    /// Paths whose read, list or write fails.
-    failing: RefCell<Vec<String>>,
+    /// Paths whose requests fail: with the daemon's errno name, or `None` for a broken
+    /// connection.
+    failing: RefCell<Vec<(String, Option<String>)>>,
     /// Every path read or listed, in order.
     reads: RefCell<Vec<String>>,
 }
@@ -30,9 +31,17 @@ impl MemStore {
         self.nodes.borrow_mut().remove(k);
     }
 
-    /// Makes every request on `path` fail from now on.
+    /// Makes every request on `path` fail from now on, as a broken connection would.
     pub fn fail_at(&self, path: &str) {
-        self.failing.borrow_mut().push(path.to_string());
+        self.failing.borrow_mut().push((path.to_string(), None));
+    }
+
+    /// Makes the daemon answer every request on `path` with the error `errno` (`E2BIG`,
+    /// `EACCES`): what the real wire code hands to `StoreError::new`.
+    pub fn answer_at(&self, path: &str, errno: &str) {
+        self.failing
+            .borrow_mut()
+            .push((path.to_string(), Some(errno.to_string())));
     }
 
     /// The paths read or listed so far.
@@ -40,30 +49,39 @@ impl MemStore {
         self.reads.borrow().clone()
     }
 
-    fn check(&self, path: &str) -> Result<()> {
-        if self.failing.borrow().iter().any(|f| f == path) {
-            bail!("injected failure at {path}");
+    fn check(&self, op: Op, path: &str) -> Result<()> {
+        match self.failing.borrow().iter().find(|(p, _)| p == path) {
+            None => Ok(()),
+            Some((_, None)) => Err(StoreError::new(
+                op,
+                path,
+                io::Error::new(io::ErrorKind::BrokenPipe, "injected failure"),
+            )),
+            Some((_, Some(errno))) => Err(StoreError::new(
+                op,
+                path,
+                io::Error::other(DaemonErrno(errno.clone())),
+            )),
         }
-        Ok(())
     }
 }
 
 impl Store for MemStore {
     fn read(&self, path: &str) -> Result<Option<String>> {
         self.reads.borrow_mut().push(path.to_string());
-        self.check(path)?;
+        self.check(Op::Read, path)?;
         Ok(self.get(path))
     }
 
     fn write(&self, path: &str, value: &str) -> Result<()> {
-        self.check(path)?;
+        self.check(Op::Write, path)?;
         self.set(path, value);
         Ok(())
     }
 
     fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
         self.reads.borrow_mut().push(path.to_string());
-        self.check(path)?;
+        self.check(Op::List, path)?;
         let prefix = format!("{path}/");
         let mut kids: Vec<String> = self
             .nodes
@@ -78,7 +96,7 @@ impl Store for MemStore {
     }
 
     fn rm(&self, path: &str) -> Result<()> {
-        self.check(path)?;
+        self.check(Op::Remove, path)?;
         let prefix = format!("{path}/");
         self.nodes
             .borrow_mut()

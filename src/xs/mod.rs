@@ -12,12 +12,112 @@ pub mod mem;
 mod pipeline;
 
 use std::cell::OnceCell;
+use std::fmt;
 use std::io;
 
-use anyhow::{Context, Result, anyhow};
 use xenstore_rs::Xs;
 
 pub use pipeline::Pipeline;
+
+/// What one xenstore request was, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    List,
+    Write,
+    Remove,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Read => "read xenstore node",
+            Op::List => "list xenstore directory",
+            Op::Write => "write xenstore node",
+            Op::Remove => "remove xenstore node",
+        })
+    }
+}
+
+/// The daemon's `XS_ERROR` answer: the errno name it sent (`ENOENT`, `E2BIG`, ...).
+/// Carried inside the `io::Error`s of our own wire code, so that it is classified by
+/// type; xenstore-rs only gives its text, "XS interface error E2BIG", which
+/// `StoreError::new` reads in that one place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonErrno(pub String);
+
+impl fmt::Display for DaemonErrno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "XS interface error {}", self.0)
+    }
+}
+
+impl std::error::Error for DaemonErrno {}
+
+/// A failed xenstore request. A missing node is never an error (`Ok(None)`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The daemon cannot return a listing whole (C xenstored and the xenbus ring answer
+    /// E2BIG past 4096 bytes): callers must never take it for an empty one.
+    #[error(
+        "cannot list xenstore directory {path}: the daemon says the listing is too big for \
+         one reply (E2BIG), and skipping entries could hand a disk to two guests"
+    )]
+    TooBig { path: String },
+    /// EAGAIN: a transaction conflict or a busy daemon; the request may be retried.
+    #[error("cannot {op} {path}")]
+    Again {
+        op: Op,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// EACCES (or EPERM, EROFS): the daemon's permissions refuse us.
+    #[error("cannot {op} {path}")]
+    Denied {
+        op: Op,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A value that is not UTF-8 text.
+    #[error("xenstore node {path} is not valid UTF-8 text")]
+    NotText { path: String },
+    /// Anything else: the connection, the protocol, another errno.
+    #[error("cannot {op} {path}")]
+    Io {
+        op: Op,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The errno name a client error carries, if the daemon sent one.
+fn errno_name(e: &io::Error) -> Option<String> {
+    if let Some(d) = e.get_ref().and_then(|r| r.downcast_ref::<DaemonErrno>()) {
+        return Some(d.0.clone());
+    }
+    // xenstore-rs: `io::Error::new(kind, format!("XS interface error {name}"))`.
+    e.to_string()
+        .strip_prefix("XS interface error ")
+        .map(str::to_string)
+}
+
+impl StoreError {
+    /// Classifies a failed request `op` on `path`.
+    pub fn new(op: Op, path: &str, source: io::Error) -> StoreError {
+        let path = path.to_string();
+        match errno_name(&source).as_deref() {
+            Some("E2BIG") if op == Op::List => StoreError::TooBig { path },
+            Some("EAGAIN") => StoreError::Again { op, path, source },
+            Some("EACCES" | "EPERM" | "EROFS") => StoreError::Denied { op, path, source },
+            _ => StoreError::Io { op, path, source },
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub trait Store {
     /// The value of a node, `None` when it does not exist.
@@ -53,9 +153,10 @@ fn socket_path() -> String {
 }
 
 impl XenStore {
-    pub fn open() -> Result<XenStore> {
+    /// Errors: neither the socket nor the xenbus device can be opened.
+    pub fn open() -> anyhow::Result<XenStore> {
         let xs = xenstore_rs::unix::XsUnix::new().map_err(|e| {
-            anyhow!(
+            anyhow::anyhow!(
                 "cannot connect to xenstore (socket {}, then the xenbus device): {e}",
                 socket_path()
             )
@@ -82,11 +183,6 @@ fn not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-/// The daemon's `E2BIG`, with the code in the message.
-fn too_big(e: &io::Error) -> bool {
-    e.to_string().contains("E2BIG")
-}
-
 /// A value as text: the payload without a trailing NUL, which must be UTF-8.
 pub(crate) fn read_result(path: &str, r: io::Result<Vec<u8>>) -> Result<Option<String>> {
     match r {
@@ -96,10 +192,12 @@ pub(crate) fn read_result(path: &str, r: io::Result<Vec<u8>>) -> Result<Option<S
             }
             String::from_utf8(v)
                 .map(Some)
-                .map_err(|_| anyhow!("xenstore node {path} is not valid UTF-8 text"))
+                .map_err(|_| StoreError::NotText {
+                    path: path.to_string(),
+                })
         }
         Err(e) if not_found(&e) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read xenstore node {path}")),
+        Err(e) => Err(StoreError::new(Op::Read, path, e)),
     }
 }
 
@@ -110,18 +208,15 @@ pub(crate) fn list_result(path: &str, r: io::Result<Vec<u8>>) -> Result<Option<V
             .split(|&b| b == 0)
             .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8(s.to_vec()))
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map(Some)
-            .map_err(|_| {
-                anyhow!("cannot list xenstore directory {path}: a name is not valid UTF-8")
+            .map_err(|_| StoreError::Io {
+                op: Op::List,
+                path: path.to_string(),
+                source: io::Error::new(io::ErrorKind::InvalidData, "a name is not valid UTF-8"),
             }),
         Err(e) if not_found(&e) => Ok(None),
-        Err(e) if too_big(&e) => Err(anyhow!(
-            "cannot list xenstore directory {path}: the daemon says the listing is too \
-             big for one reply (E2BIG), and skipping entries could hand a disk to two \
-             guests"
-        )),
-        Err(e) => Err(e).with_context(|| format!("cannot list xenstore directory {path}")),
+        Err(e) => Err(StoreError::new(Op::List, path, e)),
     }
 }
 
@@ -129,8 +224,10 @@ impl Store for XenStore {
     fn read(&self, path: &str) -> Result<Option<String>> {
         match self.xs.read(path) {
             // xenstore-rs refuses a value that is not UTF-8 with InvalidData.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData && !too_big(&e) => {
-                Err(anyhow!("xenstore node {path} is not valid UTF-8 text"))
+            Err(e) if e.kind() == io::ErrorKind::InvalidData && errno_name(&e).is_none() => {
+                Err(StoreError::NotText {
+                    path: path.to_string(),
+                })
             }
             r => read_result(path, bytes(r)),
         }
@@ -139,7 +236,7 @@ impl Store for XenStore {
     fn write(&self, path: &str, value: &str) -> Result<()> {
         self.xs
             .write(path, value)
-            .with_context(|| format!("cannot write xenstore node {path}"))
+            .map_err(|e| StoreError::new(Op::Write, path, e))
     }
 
     fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
@@ -158,7 +255,7 @@ impl Store for XenStore {
         match self.xs.rm(path) {
             Ok(()) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove xenstore node {path}")),
+            Err(e) => Err(StoreError::new(Op::Remove, path, e)),
         }
     }
 

@@ -156,7 +156,7 @@ fn daemon_error(payload: &[u8]) -> io::Error {
         "E2BIG" => io::ErrorKind::InvalidData,
         _ => io::ErrorKind::Other,
     };
-    io::Error::new(kind, format!("XS interface error {name}"))
+    io::Error::new(kind, super::DaemonErrno(name))
 }
 
 /// A reply's payload, or the daemon's error, or a protocol error.
@@ -188,7 +188,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// `read` of each path, in the order of `paths`.
-    pub fn read_many(&self, paths: &[String]) -> Vec<anyhow::Result<Option<String>>> {
+    pub fn read_many(&self, paths: &[String]) -> Vec<super::Result<Option<String>>> {
         let replies = self.batch(XS_READ, paths);
         paths
             .iter()
@@ -198,7 +198,7 @@ impl Pipeline {
     }
 
     /// `list` of each path, in the order of `paths`.
-    pub fn list_many(&self, paths: &[String]) -> Vec<anyhow::Result<Option<Vec<String>>>> {
+    pub fn list_many(&self, paths: &[String]) -> Vec<super::Result<Option<Vec<String>>>> {
         let replies = self.batch(XS_DIRECTORY, paths);
         paths
             .iter()
@@ -306,7 +306,13 @@ impl Pipeline {
 }
 
 fn copy_error(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
+    match e
+        .get_ref()
+        .and_then(|r| r.downcast_ref::<super::DaemonErrno>())
+    {
+        Some(d) => io::Error::new(e.kind(), d.clone()),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -420,7 +426,11 @@ mod tests {
         assert_eq!(d.requests.load(Ordering::SeqCst), 1000);
         let lists = xs.list_many(&["/x".to_string(), "/huge".into(), "/missing".into()]);
         assert_eq!(lists[0].as_ref().unwrap().as_ref().unwrap().len(), 2);
-        assert!(format!("{:#}", lists[1].as_ref().unwrap_err()).contains("E2BIG"));
+        assert!(
+            matches!(&lists[1], Err(crate::xs::StoreError::TooBig { path }) if path == "/huge"),
+            "{:?}",
+            lists[1]
+        );
         assert!(lists[2].as_ref().unwrap().is_none());
         // Small batches stay on the first connection; nothing new is opened.
         assert_eq!(xs.read_many(&["/a".to_string()]).len(), 1);

@@ -31,9 +31,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow};
 
 use crate::backend::Backend;
-use crate::report::busy;
 use crate::log;
 use crate::mode::Mode;
+use crate::report::busy;
 use crate::state::{self, Record};
 use crate::storage::iscsi::{self, Credentials, Params, Portal, Session};
 use crate::tool::{self, Cmd, Deadline};

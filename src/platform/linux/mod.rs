@@ -259,9 +259,9 @@ impl Platform for Linux {
             .and_then(|(d, i)| Some((DevNum::parse_linux_hex(d)?, i.parse::<u64>().ok()?)))
             .ok_or_else(|| anyhow!("record {key}: bad backing"))?;
         let diskseq = match rec.get("diskseq") {
-            Some(s) => Some(
-                u64::from_str_radix(s, 16).map_err(|_| anyhow!("record {key}: bad diskseq"))?,
-            ),
+            Some(s) => {
+                Some(u64::from_str_radix(s, 16).map_err(|_| anyhow!("record {key}: bad diskseq"))?)
+            }
             None => None,
         };
         let attached = loopdev::Attached {

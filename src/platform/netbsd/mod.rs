@@ -406,7 +406,8 @@ mod kernel {
                 .context("getvfsstat failed: cannot list mounts for the sharing check")?;
             cap = cap.max(n) + 16;
             // SAFETY: statvfs is plain integers and byte arrays; all zeroes is a valid value.
-            let mut buf: Vec<libc::statvfs> = (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut buf: Vec<libc::statvfs> =
+                (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect();
             // SAFETY: the buffer holds `cap` entries and we pass its size in bytes.
             let got = unsafe {
                 libc::getvfsstat(
@@ -427,7 +428,8 @@ mod kernel {
         Ok(stats
             .iter()
             .filter_map(|s| {
-                bsd::device_mount(stat_block_device, 
+                bsd::device_mount(
+                    stat_block_device,
                     &s.f_mntfromname,
                     &s.f_mntonname,
                     s.f_flag & libc::ST_RDONLY != 0,
@@ -436,8 +438,7 @@ mod kernel {
             .collect())
     }
 
-
-fn classify(params: &str) -> Result<Target> {
+    fn classify(params: &str) -> Result<Target> {
         let path = expand(params);
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
