@@ -760,3 +760,552 @@ mod tests {
         assert!(w.p.calls().is_empty());
     }
 }
+
+/// NetBSD's own platform code (vnd unit choice, overlapping partitions, unconfigure
+/// checks) through the applet, over fake system calls, with the real sharing check.
+#[cfg(test)]
+mod netbsd_tests {
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::io;
+    use std::path::PathBuf;
+
+    use anyhow::{Result, bail};
+
+    use super::*;
+    use crate::devnum::DevNum;
+    use crate::invocation::BackendPath;
+    use crate::mountinfo::Mount;
+    use crate::platform::netbsd::vnd::{MAXPARTITIONS, RAW_PART, parse_vnd_node, vnd_node};
+    use crate::platform::netbsd::{NetBsd, Sys};
+    use crate::platform::{Device, FileTarget};
+    use crate::report::describe;
+    use crate::xs::Store;
+    use crate::xs::mem::MemStore;
+
+    const BE: &str = "/local/domain/0/backend/vbd/5/768";
+    const IMG: &str = "/vm/a.img";
+    const OURS: (u64, u64) = (0x71, 12);
+
+    struct FakeSys {
+        perm: u32,
+        open_errno: Option<i32>,
+        disknames: RefCell<String>,
+        dev: Vec<String>,
+        units: RefCell<BTreeMap<u32, (u64, u64)>>,
+        busy_units: BTreeSet<u32>,
+        vnconfig_noop: bool,
+        unconfig_fails: bool,
+        mounts: Vec<Mount>,
+        records: RefCell<BTreeMap<String, Record>>,
+        calls: RefCell<Vec<String>>,
+        lock_dir: PathBuf,
+    }
+
+    fn fake(tag: &str) -> FakeSys {
+        FakeSys {
+            perm: 0o644,
+            open_errno: None,
+            disknames: RefCell::new("wd0 wd1 vnd0".into()),
+            dev: [
+                "vnd0d", "vnd1d", "vnd2d", "vnd3d", "rvnd0d", "rvnd1d", "rvnd2d", "rvnd3d", "wd0d",
+            ]
+            .map(String::from)
+            .to_vec(),
+            // vnd0 holds some other file.
+            units: RefCell::new([(0, (0x71, 99))].into_iter().collect()),
+            busy_units: BTreeSet::new(),
+            vnconfig_noop: false,
+            unconfig_fails: false,
+            mounts: Vec::new(),
+            records: RefCell::default(),
+            calls: RefCell::default(),
+            lock_dir: std::env::temp_dir().join(format!("xbh-nbsd-{tag}-{}", std::process::id())),
+        }
+    }
+
+    impl FakeSys {
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+        fn record(&self) -> Option<Record> {
+            self.records.borrow().values().next().cloned()
+        }
+    }
+
+    impl Drop for FakeSys {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.lock_dir);
+        }
+    }
+
+    impl Sys for FakeSys {
+        fn classify(&self, params: &str) -> Result<Target> {
+            Ok(match params {
+                IMG => Target::File(FileTarget {
+                    path: IMG.into(),
+                    dev: OURS.0,
+                    ino: OURS.1,
+                    perm: self.perm,
+                    handle: None,
+                }),
+                "/dev/wd1e" => Target::Device(Device {
+                    path: params.into(),
+                    ident: Identity::Dev(DevNum::new(0, 20)),
+                    file_mode: None,
+                    handle: None,
+                }),
+                _ => Target::Other {
+                    what: format!("a path that does not exist ({params})"),
+                },
+            })
+        }
+        fn open_check(&self, path: &str, read_only: bool) -> io::Result<(u64, u64)> {
+            self.calls
+                .borrow_mut()
+                .push(format!("open {path} ro={read_only}"));
+            match self.open_errno {
+                Some(e) => Err(io::Error::from_raw_os_error(e)),
+                None => Ok(OURS),
+            }
+        }
+        fn disknames(&self) -> Result<String> {
+            Ok(self.disknames.borrow().clone())
+        }
+        fn dev_entries(&self) -> Result<Vec<String>> {
+            Ok(self.dev.clone())
+        }
+        fn has_raw_node(&self, unit: u32) -> bool {
+            self.dev.contains(&format!("rvnd{unit}d"))
+        }
+        fn backing_of(&self, unit: u32) -> Result<Option<(u64, u64)>> {
+            Ok(self.units.borrow().get(&unit).copied())
+        }
+        fn stat_block(&self, path: &str) -> Option<DevNum> {
+            let u = parse_vnd_node(path)?;
+            Some(DevNum::new(14, u64::from(u) * MAXPARTITIONS + RAW_PART))
+        }
+        fn vnconfig(&self, unit: u32, file: &str, read_only: bool) -> Result<()> {
+            let r = if read_only { "-r " } else { "" };
+            self.calls
+                .borrow_mut()
+                .push(format!("vnconfig {r}{} {file}", vnd_node(unit)));
+            assert!(
+                self.record()
+                    .is_some_and(|r| r.get("unit") == Some(&unit.to_string())),
+                "recorded before vnconfig"
+            );
+            if self.busy_units.contains(&unit) {
+                bail!("vnconfig: /dev/rvnd{unit}d: VNDIOCSET: Device busy");
+            }
+            if !self.vnconfig_noop {
+                self.units.borrow_mut().insert(unit, OURS);
+                self.disknames.borrow_mut().push_str(&format!(" vnd{unit}"));
+            }
+            Ok(())
+        }
+        fn vnunconfig(&self, unit: u32) -> Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(format!("vnconfig -u {}", vnd_node(unit)));
+            if self.unconfig_fails {
+                bail!("vnconfig: VNDIOCCLR: Device busy");
+            }
+            self.units.borrow_mut().remove(&unit);
+            Ok(())
+        }
+        fn local_mounts(&self) -> Result<Vec<Mount>> {
+            Ok(self.mounts.clone())
+        }
+        fn lock_dir(&self) -> PathBuf {
+            self.lock_dir.clone()
+        }
+        fn save_record(&self, key: &str, rec: &Record) -> Result<()> {
+            self.records
+                .borrow_mut()
+                .insert(key.to_string(), rec.clone());
+            Ok(())
+        }
+        fn load_record(&self, key: &str) -> Result<Option<Record>> {
+            Ok(self.records.borrow().get(key).cloned())
+        }
+        fn delete_record(&self, key: &str) -> Result<()> {
+            self.records.borrow_mut().remove(key);
+            Ok(())
+        }
+    }
+
+    fn store(params: &str, mode: &str) -> MemStore {
+        let s = MemStore::default();
+        s.set(&format!("{BE}/params"), params);
+        s.set(&format!("{BE}/mode"), mode);
+        s.set(&format!("{BE}/frontend-id"), "5");
+        s.set(&format!("{BE}/state"), "2");
+        s.set("/local/domain/5/vm", "/vm/five");
+        s
+    }
+
+    fn run(
+        p: &NetBsd<FakeSys>,
+        s: &MemStore,
+        action: Action,
+    ) -> std::result::Result<(), (&'static str, String)> {
+        let be = Backend::new(s, BackendPath::parse(BE, "backend", "vbd").unwrap());
+        let script = Script::new("/nonexistent/scripts/block".into(), vec![]);
+        super::run(p, action, &be, &script).map_err(|e| describe(&e))
+    }
+
+    fn node(s: &MemStore, n: &str) -> Option<String> {
+        s.get(&format!("{BE}/{n}"))
+    }
+
+    #[test]
+    fn file_add_configures_the_first_free_unit() {
+        let p = NetBsd::new(fake("add"));
+        let s = store(IMG, "w");
+        run(&p, &s, Action::Add).unwrap();
+        assert_eq!(
+            p.sys.calls(),
+            [
+                format!("open {IMG} ro=false"),
+                format!("vnconfig /dev/vnd1d {IMG}")
+            ]
+        );
+        assert_eq!(node(&s, "vnd").as_deref(), Some("/dev/vnd1d"));
+        assert_eq!(
+            node(&s, "physical-device-path").as_deref(),
+            Some("/dev/vnd1d")
+        );
+        assert_eq!(node(&s, "physical-device").as_deref(), Some("3603")); // vnd1d
+        assert_eq!(node(&s, "hotplug-status").as_deref(), Some("connected"));
+        let rec = p.sys.record().unwrap();
+        assert_eq!(rec.get("unit"), Some("1"));
+        assert_eq!(rec.get("backing"), Some("113:12"));
+        // Called again (libxl never does, but a retry might): nothing happens.
+        run(&p, &s, Action::Add).unwrap();
+        assert_eq!(p.sys.calls().len(), 2);
+    }
+
+    #[test]
+    fn read_only_disks_get_read_only_units() {
+        let p = NetBsd::new(fake("ro"));
+        run(&p, &store(IMG, "r"), Action::Add).unwrap();
+        assert_eq!(
+            p.sys.calls(),
+            [
+                format!("open {IMG} ro=true"),
+                format!("vnconfig -r /dev/vnd1d {IMG}")
+            ]
+        );
+    }
+
+    #[test]
+    fn busy_units_are_skipped_and_exhaustion_reported() {
+        let mut sys = fake("busy");
+        sys.busy_units = [1, 2].into_iter().collect();
+        let p = NetBsd::new(sys);
+        let s = store(IMG, "w");
+        run(&p, &s, Action::Add).unwrap();
+        assert_eq!(node(&s, "vnd").as_deref(), Some("/dev/vnd3d"));
+        assert_eq!(p.sys.record().unwrap().get("unit"), Some("3"));
+
+        let mut sys = fake("none");
+        sys.busy_units = [1, 2, 3].into_iter().collect();
+        let p = NetBsd::new(sys);
+        let s = store(IMG, "w");
+        let (st, msg) = run(&p, &s, Action::Add).unwrap_err();
+        assert_eq!(st, "error");
+        assert!(msg.contains("no available vnd device"), "{msg}");
+        assert!(msg.contains("Device busy"), "{msg}");
+        assert_eq!(p.sys.record(), None, "no record of a failed add");
+        assert_eq!(node(&s, "hotplug-status"), None);
+
+        let p = NetBsd::new(fake("full"));
+        *p.sys.disknames.borrow_mut() = "wd0 vnd0 vnd1 vnd2 vnd3".into();
+        let (_, msg) = run(&p, &store(IMG, "w"), Action::Add).unwrap_err();
+        assert!(msg.contains("MAKEDEV"), "{msg}");
+        assert!(!p.sys.calls().iter().any(|c| c.starts_with("vnconfig")));
+    }
+
+    #[test]
+    fn vnconfig_success_is_not_trusted() {
+        let mut sys = fake("noop");
+        sys.vnconfig_noop = true;
+        let p = NetBsd::new(sys);
+        let s = store(IMG, "w");
+        let (_, msg) = run(&p, &s, Action::Add).unwrap_err();
+        assert!(msg.contains("did not configure vnd1"), "{msg}");
+        assert_eq!(p.sys.record(), None);
+        assert_eq!(node(&s, "physical-device"), None);
+    }
+
+    #[test]
+    fn a_file_already_on_a_unit_used_by_a_guest_is_refused() {
+        let sys = fake("shared");
+        sys.units.borrow_mut().insert(3, OURS);
+        sys.disknames.borrow_mut().push_str(" vnd3");
+        let p = NetBsd::new(sys);
+        let s = store(IMG, "w");
+        // Guest 6 uses vnd3a (14:48), spelled as xbdback reads it: makedev(14, 48).
+        let other = "/local/domain/0/backend/vbd/6/768";
+        s.set(&format!("{other}/physical-device"), "3632");
+        s.set(&format!("{other}/mode"), "r");
+        s.set("/local/domain/6/vm", "/vm/six");
+        let (st, msg) = run(&p, &s, Action::Add).unwrap_err();
+        assert_eq!(st, "busy");
+        assert_eq!(
+            msg,
+            format!(
+                "File {IMG} is configured on vnd3,\nwhich is mounted in a guest domain \
+                 (domain 6, {other}),\nand so cannot be mounted now."
+            )
+        );
+        assert!(!p.sys.calls().iter().any(|c| c.starts_with("vnconfig")));
+        // w! skips the check.
+        run(&p, &store(IMG, "w!"), Action::Add).unwrap();
+    }
+
+    #[test]
+    fn file_add_refusals() {
+        let p = NetBsd::new(fake("closing"));
+        let s = store(IMG, "w");
+        s.set(&format!("{BE}/state"), "5");
+        let (_, msg) = run(&p, &s, Action::Add).unwrap_err();
+        assert!(
+            msg.contains("Path closed or removed during hotplug add"),
+            "{msg}"
+        );
+
+        let mut sys = fake("perm");
+        sys.perm = 0o444;
+        let p = NetBsd::new(sys);
+        let (st, msg) = run(&p, &store(IMG, "w"), Action::Add).unwrap_err();
+        assert_eq!(st, "busy");
+        assert!(msg.contains("is read-only"), "{msg}");
+        run(&p, &store(IMG, "r"), Action::Add).unwrap();
+
+        let mut sys = fake("erofs");
+        sys.open_errno = Some(nix::libc::EROFS);
+        let p = NetBsd::new(sys);
+        let (st, _) = run(&p, &store(IMG, "w"), Action::Add).unwrap_err();
+        assert_eq!(st, "busy");
+    }
+
+    #[test]
+    fn phy_add_checks_overlapping_partitions() {
+        let p = NetBsd::new(fake("phy"));
+        let s = store("/dev/wd1e", "w");
+        run(&p, &s, Action::Add).unwrap();
+        assert_eq!(node(&s, "physical-device").as_deref(), Some("20"));
+        assert_eq!(
+            node(&s, "physical-device-path").as_deref(),
+            Some("/dev/wd1e")
+        );
+        assert_eq!(node(&s, "vnd"), None);
+        // wd1d, the raw partition, mounted read-write in dom0.
+        let mut sys = fake("phy2");
+        sys.mounts.push(Mount {
+            dev: DevNum::new(0, 19),
+            mount_point: "/data".into(),
+            source: "/dev/wd1d".into(),
+            read_only: false,
+        });
+        let p = NetBsd::new(sys);
+        let (st, msg) = run(&p, &store("/dev/wd1e", "r"), Action::Add).unwrap_err();
+        assert_eq!(st, "busy");
+        assert_eq!(
+            msg,
+            "Device /dev/wd1e overlaps wd1d,\nwhich is mounted read-write in the privileged \
+             domain (at /data),\nand so cannot be mounted read-only by a guest."
+        );
+        assert!(p.sys.calls().is_empty());
+    }
+
+    #[test]
+    fn remove_unconfigures_the_recorded_unit_without_params() {
+        let p = NetBsd::new(fake("rm"));
+        let s = store(IMG, "w");
+        run(&p, &s, Action::Add).unwrap();
+        s.unset(&format!("{BE}/params"));
+        s.unset(&format!("{BE}/vnd"));
+        run(&p, &s, Action::Remove).unwrap();
+        assert_eq!(p.sys.calls().last().unwrap(), "vnconfig -u /dev/vnd1d");
+        assert!(!p.sys.units.borrow().contains_key(&1));
+        assert_eq!(p.sys.record(), None);
+        assert!(s.list(BE).unwrap().is_none(), "backend directory removed");
+        // vnd0, someone else's, untouched.
+        assert!(p.sys.units.borrow().contains_key(&0));
+    }
+
+    #[test]
+    fn remove_leaves_a_reused_unit_alone() {
+        let p = NetBsd::new(fake("reused"));
+        let s = store(IMG, "w");
+        run(&p, &s, Action::Add).unwrap();
+        p.sys.units.borrow_mut().insert(1, (0x71, 4242));
+        run(&p, &s, Action::Remove).unwrap();
+        assert!(!p.sys.calls().iter().any(|c| c.starts_with("vnconfig -u")));
+        assert_eq!(p.sys.units.borrow().get(&1), Some(&(0x71, 4242)));
+        assert_eq!(p.sys.record(), None);
+        assert!(s.list(BE).unwrap().is_none());
+    }
+
+    #[test]
+    fn remove_of_an_upstream_attach_uses_the_vnd_node() {
+        // Configured by upstream's script: no record, a `vnd` node, `params` gone.
+        let p = NetBsd::new(fake("legacy"));
+        p.sys.units.borrow_mut().insert(2, OURS);
+        let s = store(IMG, "w");
+        s.unset(&format!("{BE}/params"));
+        s.set(&format!("{BE}/vnd"), "/dev/vnd2d");
+        run(&p, &s, Action::Remove).unwrap();
+        assert_eq!(p.sys.calls(), ["vnconfig -u /dev/vnd2d"]);
+        assert!(s.list(BE).unwrap().is_none());
+        // With params still there, it must match.
+        let p = NetBsd::new(fake("legacy2"));
+        p.sys.units.borrow_mut().insert(2, (0x71, 4242));
+        let s = store(IMG, "w");
+        s.set(&format!("{BE}/vnd"), "/dev/vnd2d");
+        run(&p, &s, Action::Remove).unwrap();
+        assert!(p.sys.calls().is_empty());
+        // A `vnd` node that is not a vnd is never passed to vnconfig.
+        let p = NetBsd::new(fake("legacy3"));
+        let s = store(IMG, "w");
+        s.set(&format!("{BE}/vnd"), "/dev/wd0d");
+        run(&p, &s, Action::Remove).unwrap();
+        assert!(p.sys.calls().is_empty());
+        assert!(s.list(BE).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_failed_unconfigure_keeps_the_backend_and_the_record() {
+        let mut sys = fake("rmfail");
+        sys.unconfig_fails = true;
+        let p = NetBsd::new(sys);
+        let s = store(IMG, "w");
+        run(&p, &s, Action::Add).unwrap();
+        let (st, msg) = run(&p, &s, Action::Remove).unwrap_err();
+        assert_eq!(st, "error");
+        assert!(msg.contains("VNDIOCCLR: Device busy"), "{msg}");
+        assert!(p.sys.record().is_some(), "kept for a retry");
+        assert_eq!(node(&s, "vnd").as_deref(), Some("/dev/vnd1d"));
+    }
+}
+
+/// FreeBSD's platform code (real `stat`s and symlinks) through the applet.
+#[cfg(test)]
+mod freebsd_tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::invocation::BackendPath;
+    use crate::mountinfo::Mount;
+    use crate::platform::freebsd::{FreeBsd, stat_device, stat_identity};
+    use crate::report::describe;
+    use crate::xs::mem::MemStore;
+
+    const BE: &str = "/local/domain/0/backend/vbd/5/768";
+
+    /// A scratch directory with an image, a symlink to it and a lock directory.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let d = std::env::temp_dir().join(format!("xbh-fbsd-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(d.join("lock")).unwrap();
+            fs::write(d.join("a.img"), b"disk").unwrap();
+            std::os::unix::fs::symlink(d.join("a.img"), d.join("link.img")).unwrap();
+            Scratch(d)
+        }
+        fn path(&self, n: &str) -> String {
+            self.0.join(n).to_str().unwrap().to_string()
+        }
+        fn platform(&self, mounts: Vec<Mount>) -> FreeBsd {
+            FreeBsd {
+                mounts: Box::new(move || Ok(mounts.clone())),
+                stat: stat_identity,
+                lock_dir: self.0.join("lock"),
+            }
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn run_add(
+        p: &FreeBsd,
+        s: &MemStore,
+        params: &str,
+        mode: &str,
+    ) -> std::result::Result<(), (&'static str, String)> {
+        s.unset(&format!("{BE}/physical-device-path"));
+        s.set(&format!("{BE}/params"), params);
+        s.set(&format!("{BE}/mode"), mode);
+        s.set(&format!("{BE}/frontend-id"), "5");
+        s.set("/local/domain/5/vm", "/vm/five");
+        let be = Backend::new(s, BackendPath::parse(BE, "backend", "vbd").unwrap());
+        let script = Script::new("/nonexistent/scripts/block".into(), vec![]);
+        super::run(p, Action::Add, &be, &script).map_err(|e| describe(&e))
+    }
+
+    #[test]
+    fn add_publishes_the_real_path_and_nothing_else() {
+        let dir = Scratch::new("add");
+        let p = dir.platform(vec![]);
+        let s = MemStore::default();
+        run_add(&p, &s, &dir.path("link.img"), "w").unwrap();
+        let real = fs::canonicalize(dir.path("a.img")).unwrap();
+        assert_eq!(
+            s.get(&format!("{BE}/physical-device-path")).as_deref(),
+            real.to_str(),
+            "symlinks resolved"
+        );
+        assert_eq!(s.get(&format!("{BE}/physical-device")), None);
+        assert_eq!(
+            s.get(&format!("{BE}/hotplug-status")).as_deref(),
+            Some("connected")
+        );
+        assert!(
+            fs::read_dir(dir.0.join("lock")).unwrap().next().is_none(),
+            "lock released"
+        );
+        // A name without a slash is under /dev; devices are fine.
+        run_add(&p, &s, "null", "r").unwrap();
+        assert_eq!(
+            s.get(&format!("{BE}/physical-device-path")).as_deref(),
+            Some("/dev/null")
+        );
+    }
+
+    #[test]
+    fn add_refuses_read_only_files_directories_and_mounted_devices() {
+        let dir = Scratch::new("refuse");
+        let p = dir.platform(vec![]);
+        let s = MemStore::default();
+        let img = dir.path("a.img");
+        fs::set_permissions(&img, fs::Permissions::from_mode(0o444)).unwrap();
+        let (st, msg) = run_add(&p, &s, &img, "w").unwrap_err();
+        assert_eq!(st, "busy");
+        assert!(msg.contains("is read-only"), "{msg}");
+        run_add(&p, &s, &img, "r").unwrap();
+        let (st, msg) = run_add(&p, &s, &dir.path("lock"), "w").unwrap_err();
+        assert_eq!(st, "error");
+        assert!(msg.contains("a directory"), "{msg}");
+        let null = stat_device("/dev/null").unwrap();
+        let p = dir.platform(vec![Mount {
+            dev: null,
+            mount_point: "/mnt".into(),
+            source: "/dev/null".into(),
+            read_only: false,
+        }]);
+        let (st, msg) = run_add(&p, &s, "/dev/null", "r").unwrap_err();
+        assert_eq!(st, "busy");
+        assert!(msg.contains("in the privileged domain (at /mnt)"), "{msg}");
+    }
+}
