@@ -2,7 +2,7 @@
 //!
 //! Linux backends read `physical-device` as `%x:%x` (blkback's `xenbus_scanf`), and the
 //! shell scripts write `stat -c %t:%T`: lower-case, unpadded hex. NetBSD's xbdback reads a
-//! decimal `dev_t` instead (see `os::netbsd`).
+//! decimal `dev_t` instead (see `platform::netbsd::vnd`).
 
 use std::fmt;
 
