@@ -22,9 +22,9 @@ use crate::invocation::{self, Action, LinuxEnv, Request, UsageError};
 use crate::lock::Lock;
 use crate::log;
 use crate::mountinfo::Mount;
+use crate::record::{self, Record};
 use crate::script::Script;
 use crate::sharing::{Holder, Scan};
-use crate::state::{self, Record};
 
 const VNCONFIG: &str = "/usr/sbin/vnconfig";
 
@@ -160,15 +160,15 @@ impl NetBsd for System {
     }
 
     fn save(&self, key: &str, rec: &Record) -> Result<()> {
-        state::save(key, rec)
+        Ok(record::save(key, rec)?)
     }
 
     fn load(&self, key: &str) -> Result<Option<Record>> {
-        state::load(key)
+        Ok(record::load(key)?)
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        state::delete(key)
+        Ok(record::delete(key)?)
     }
 }
 

@@ -19,10 +19,10 @@ use crate::invocation::Action;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
+use crate::record::{self, Record};
 use crate::request::{AddNodes, Frontend, read_only_file, refused_write, require_init_wait};
 use crate::script::Script;
 use crate::sharing::{self, Holder, Scan};
-use crate::state::Record;
 
 /// The raw partition (`d`) and partitions per disk of the x86 ports, the only NetBSD ports
 /// with a Xen dom0 (`sys/arch/{amd64,i386}/include/disklabel.h`: `RAW_PART 3`,
@@ -242,7 +242,7 @@ pub trait NetBsd {
     fn lock(&self) -> Result<Lock>;
     /// The sharing check of `scan` on `cands` (`Scan::check`).
     fn sharing(&self, scan: &Scan, cands: &[DevNum]) -> Result<Option<Holder>>;
-    /// The remove records (`state`).
+    /// The remove records (`record`).
     fn save(&self, key: &str, rec: &Record) -> Result<()>;
     fn load(&self, key: &str) -> Result<Option<Record>>;
     fn delete(&self, key: &str) -> Result<()>;
@@ -374,19 +374,22 @@ fn add_file(
         &vnd_units_with_nodes(entries.iter().map(String::as_str)),
         &in_use,
     );
-    let key = be.path.state_key();
-    let mut rec = Record::default();
-    rec.set("kind", "vnd")
-        .set("backend", be.path.path.as_str())
-        .set("params", path)
-        .set("backing", format!("{}:{}", backing.0, backing.1));
+    let key = be.path.record_key();
+    let mut rec = record::Vnd {
+        backend: Some(be.path.path.clone()),
+        params: Some(path.to_string()),
+        backing,
+        unit: 0,
+        node: None,
+    };
     let mut unit = None;
     let mut last_err: Option<anyhow::Error> = None;
     for u in free {
         // Recorded before vnconfig runs, so a kill at any point leaves a record that
         // finds the unit (remove checks the backing before unconfiguring).
-        rec.set("unit", u.to_string()).set("node", vnd_node(u));
-        sys.save(&key, &rec)?;
+        rec.unit = u;
+        rec.node = Some(vnd_node(u));
+        sys.save(&key, &Record::Vnd(rec.clone()))?;
         if let Err(e) = sys.vnconfig(u, path, read_only) {
             log::debug(&format!("vnd{u}: {e:#}"));
             last_err = Some(e);
@@ -442,11 +445,6 @@ fn add_file(
     Ok(())
 }
 
-fn parse_backing(s: &str) -> Option<(u64, u64)> {
-    let (d, i) = s.split_once(':')?;
-    Some((d.parse().ok()?, i.parse().ok()?))
-}
-
 /// Unconfigures `unit` if it is still backed by `backing` (when known).
 fn unconfigure(sys: &dyn NetBsd, unit: u32, backing: Option<(u64, u64)>) -> Result<()> {
     match (sys.backing_of(unit)?, backing) {
@@ -469,16 +467,19 @@ fn unconfigure(sys: &dyn NetBsd, unit: u32, backing: Option<(u64, u64)>) -> Resu
 }
 
 fn remove(sys: &dyn NetBsd, be: &Backend) -> Result<()> {
-    let key = be.path.state_key();
-    if let Some(rec) = sys.load(&key)? {
-        let unit: u32 = rec
-            .require("unit")?
-            .parse()
-            .map_err(|_| anyhow!("record {key}: bad unit"))?;
-        let backing = parse_backing(rec.require("backing")?)
-            .ok_or_else(|| anyhow!("record {key}: bad backing"))?;
+    let key = be.path.record_key();
+    let rec = match sys.load(&key)? {
+        Some(Record::Vnd(rec)) => Some(rec),
+        Some(other) => bail!(
+            "the remove record of {} is of kind {:?}, not vnd",
+            be.path.path,
+            other.kind()
+        ),
+        None => None,
+    };
+    if let Some(rec) = rec {
         let _lock = sys.lock()?;
-        unconfigure(sys, unit, Some(backing))?;
+        unconfigure(sys, rec.unit, Some(rec.backing))?;
         sys.delete(&key)?;
     } else if let Some(vnd) = be.read("vnd")? {
         // Configured by upstream's script (or before an upgrade): trust the `vnd` node, but
@@ -705,7 +706,8 @@ mod tests {
         unconfig_fails: bool,
         holder: Option<Holder>,
         cands: RefCell<Vec<Vec<DevNum>>>,
-        records: RefCell<BTreeMap<String, Record>>,
+        /// Kept encoded, so the tests go through the real record codec.
+        records: RefCell<BTreeMap<String, String>>,
         calls: RefCell<Vec<String>>,
         lock_dir: PathBuf,
     }
@@ -758,8 +760,11 @@ mod tests {
             self.calls.borrow().clone()
         }
 
-        fn record(&self) -> Option<Record> {
-            self.records.borrow().get("backend-vbd-5-768").cloned()
+        fn record(&self) -> Option<record::Vnd> {
+            match Record::decode(self.records.borrow().get("backend-vbd-5-768")?) {
+                Ok(Record::Vnd(r)) => Some(r),
+                other => panic!("not a vnd record: {other:?}"),
+            }
         }
     }
 
@@ -806,8 +811,7 @@ mod tests {
                 .borrow_mut()
                 .push(format!("vnconfig {r}{} {file}", vnd_node(unit)));
             assert!(
-                self.record()
-                    .is_some_and(|r| r.get("unit") == Some(&unit.to_string())),
+                self.record().is_some_and(|r| r.unit == unit),
                 "recorded before vnconfig"
             );
             if self.busy_units.contains(&unit) {
@@ -839,11 +843,14 @@ mod tests {
         fn save(&self, key: &str, rec: &Record) -> Result<()> {
             self.records
                 .borrow_mut()
-                .insert(key.to_string(), rec.clone());
+                .insert(key.to_string(), rec.encode()?);
             Ok(())
         }
         fn load(&self, key: &str) -> Result<Option<Record>> {
-            Ok(self.records.borrow().get(key).cloned())
+            match self.records.borrow().get(key) {
+                Some(t) => Ok(Some(Record::decode(t)?)),
+                None => Ok(None),
+            }
         }
         fn delete(&self, key: &str) -> Result<()> {
             self.records.borrow_mut().remove(key);
@@ -895,8 +902,9 @@ mod tests {
         assert_eq!(node(&s, "physical-device").as_deref(), Some("3603")); // vnd1d
         assert_eq!(node(&s, "hotplug-status").as_deref(), Some("connected"));
         let rec = sys.record().unwrap();
-        assert_eq!(rec.get("unit"), Some("1"));
-        assert_eq!(rec.get("backing"), Some("113:12"));
+        assert_eq!(rec.unit, 1);
+        assert_eq!(rec.backing, (113, 12));
+        assert_eq!(rec.node.as_deref(), Some("/dev/vnd1d"));
         // No other unit holds our file: nothing to check but other guests' use of it.
         assert_eq!(*sys.cands.borrow(), [Vec::<DevNum>::new()]);
         // Called again (libxl never does, but a retry might): nothing happens.
@@ -925,7 +933,7 @@ mod tests {
         let s = store(IMG, "w");
         run(&sys, &s, Action::Add).unwrap();
         assert_eq!(node(&s, "vnd").as_deref(), Some("/dev/vnd3d"));
-        assert_eq!(sys.record().unwrap().get("unit"), Some("3"));
+        assert_eq!(sys.record().unwrap().unit, 3);
 
         let mut sys = Fake::new("none");
         sys.busy_units = [1, 2, 3].into_iter().collect();

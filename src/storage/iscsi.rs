@@ -8,7 +8,7 @@
 //! a host name could never be matched to one.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::shown;
 
@@ -33,6 +33,22 @@ impl Portal {
             addr: ep.host.parse().ok()?,
             port: ep.port,
         })
+    }
+}
+
+impl Portal {
+    /// As a socket address (the spelling of remove records).
+    pub fn socket_addr(self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
+}
+
+impl From<SocketAddr> for Portal {
+    fn from(a: SocketAddr) -> Portal {
+        Portal {
+            addr: a.ip(),
+            port: a.port(),
+        }
     }
 }
 

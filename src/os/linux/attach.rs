@@ -14,9 +14,9 @@ use crate::devnum::DevNum;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
+use crate::record::{self, Record};
 use crate::request::{AddNodes, Frontend};
 use crate::sharing::{self, Scan};
-use crate::state::{self, Record};
 use crate::tool::Deadline;
 use crate::watchdog;
 
@@ -76,26 +76,39 @@ pub struct Request<'a> {
 }
 
 /// What every helper's remove starts from, under its own lock.
-pub struct RemoveStart {
+pub struct RemoveStart<R> {
     pub key: String,
     /// The deadline of this remove's waits.
     pub deadline: Deadline,
     pub lock: Lock,
-    /// The record `add` left for this backend, checked to be of the helper's kind.
-    pub rec: Option<Record>,
+    /// The record `add` left for this backend, of the helper's kind.
+    pub rec: Option<R>,
 }
 
-/// Takes the helper's lock and loads its record: a record of another kind is an error.
-pub fn begin_remove(be: &Backend, lock: &str, kind: &str) -> Result<RemoveStart> {
+/// Takes the helper's lock and loads its record; `kind` picks the helper's kind out of a
+/// record (`None`: a record of another kind, which is an error).
+pub fn begin_remove<R>(
+    be: &Backend,
+    lock_name: &str,
+    kind: fn(Record) -> Option<R>,
+) -> Result<RemoveStart<R>> {
     let budget = Budget::now();
-    let key = be.path.state_key();
+    let key = be.path.record_key();
     // The lock first, so queueing behind another run does not use up our waits.
-    let lock = Lock::claim(lock)?;
+    let lock = Lock::claim(lock_name)?;
     let deadline = budget.wait()?;
-    let rec = state::load(&key)?;
-    if let Some(r) = &rec {
-        r.require_kind(kind, &be.path.path)?;
-    }
+    let rec = match record::load(&key)? {
+        None => None,
+        Some(r) => {
+            let found = r.kind();
+            Some(kind(r).ok_or_else(|| {
+                anyhow!(
+                    "the remove record of {} is of kind {found:?}, not one of {lock_name}'s",
+                    be.path.path
+                )
+            })?)
+        }
+    };
     Ok(RemoveStart {
         key,
         deadline,
@@ -117,19 +130,14 @@ pub fn begin_add<'a>(be: &'a Backend<'a>) -> Result<Option<Request<'a>>> {
         ty: nodes.ty,
         mode: fe.mode,
         scan: fe.scan(be),
-        key: be.path.state_key(),
+        key: be.path.record_key(),
         budget,
     }))
 }
 
 /// A block device as published: its path (symbolic links resolved), device number and
-/// disk sequence number.
-#[derive(Clone, Debug)]
-pub struct Device {
-    pub path: String,
-    pub rdev: DevNum,
-    pub diskseq: Option<u64>,
-}
+/// disk sequence number; recorded as it is.
+pub use crate::record::Device;
 
 /// Resolves `path` to the block device it names now.
 pub fn block_device(path: &Path) -> Result<Device> {
@@ -180,51 +188,18 @@ pub fn publish(be: &Backend, node: Option<&str>, dev: &Device) -> Result<()> {
     be.write_dev(node, &dev.path, dev.rdev, dev.diskseq)
 }
 
-/// Records the device in a remove record.
-pub fn record_device(rec: &mut Record, dev: &Device) {
-    rec.set("node", dev.path.as_str())
-        .set("rdev", dev.rdev.to_linux_hex());
-    if let Some(s) = dev.diskseq {
-        rec.set("diskseq", format!("{s:x}"));
-    }
-}
-
-/// The device a record names: (path, rdev, diskseq).
-pub fn recorded_device(rec: &Record) -> Option<(String, DevNum, Option<u64>)> {
-    let path = rec.get("node")?.to_string();
-    let rdev = DevNum::parse_linux_hex(rec.get("rdev")?)?;
-    let seq = rec
-        .get("diskseq")
-        .and_then(|s| u64::from_str_radix(s, 16).ok());
-    Some((path, rdev, seq))
-}
-
-/// Every remove record of `kind` except ours, with its key.
-pub fn other_records(kind: &str, own_key: &str) -> Vec<(String, Record)> {
-    let Ok(entries) = std::fs::read_dir(state::STATE_DIR) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let Some(name) = e.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        if name.starts_with('.') || name == own_key {
-            continue;
-        }
-        if let Ok(Some(rec)) = state::load(&name)
-            && rec.get("kind") == Some(kind)
-        {
-            out.push((name, rec));
-        }
-    }
-    out
+/// Every remove record but `own_key`'s that `kind` picks, with its key.
+pub fn other_records<R>(own_key: &str, kind: fn(Record) -> Option<R>) -> Vec<(String, R)> {
+    record::others(own_key)
+        .into_iter()
+        .filter_map(|(k, r)| Some((k, kind(r)?)))
+        .collect()
 }
 
 /// Whether the backend a record was made for still exists (a record whose backend
 /// libxl has destroyed is stale: its remove will find nothing to share).
-pub fn backend_alive(be: &Backend, rec: &Record) -> Result<bool> {
-    let Some(path) = rec.get("backend") else {
+pub fn backend_alive(be: &Backend, backend: Option<&str>) -> Result<bool> {
+    let Some(path) = backend else {
         return Ok(false);
     };
     Ok(be.store.read(&format!("{path}/params"))?.is_some())
@@ -338,23 +313,6 @@ mod tests {
         assert_eq!(
             s.finish().unwrap_err().to_string(),
             "remove incomplete: logout: iscsid is down; flush: map in use"
-        );
-    }
-
-    #[test]
-    fn records_round_trip_devices() {
-        let mut r = Record::default();
-        record_device(
-            &mut r,
-            &Device {
-                path: "/dev/sdb".into(),
-                rdev: DevNum::new(8, 16),
-                diskseq: Some(0x2a),
-            },
-        );
-        assert_eq!(
-            recorded_device(&r),
-            Some(("/dev/sdb".to_string(), DevNum::new(8, 16), Some(0x2a)))
         );
     }
 }

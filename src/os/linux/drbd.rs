@@ -18,8 +18,8 @@ use crate::backend::Backend;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
+use crate::record::{self, Record};
 use crate::sharing::Scan;
-use crate::state::{self, Record};
 use crate::storage::drbd::{self, Resource, Role};
 use crate::tool::{Cmd, Deadline};
 use crate::watchdog;
@@ -27,7 +27,6 @@ use crate::watchdog;
 use super::attach::{self, Steps};
 
 const LOCK: &str = "block-drbd";
-const KIND: &str = "drbd";
 
 fn drbdadm(cmd: &str, r: &Resource) -> Cmd {
     Cmd::new("drbdadm").args([cmd, &r.to_string()])
@@ -86,24 +85,27 @@ pub fn add(be: &Backend) -> Result<()> {
         ));
     }
     let dev_path = sh_dev(&r, &deadline)?;
-    let mut rec = Record::default();
-    rec.set("kind", KIND)
-        .set("backend", be.path.path.as_str())
-        .set("resource", r.to_string())
-        .set("device", dev_path.as_str());
-    state::save(&req.key, &rec)?;
+    let mut rec = record::Drbd {
+        backend: Some(be.path.path.clone()),
+        resource: r.to_string(),
+        dev_path: Some(dev_path.clone()),
+        promoted: false,
+        device: None,
+    };
+    let save = |rec: &record::Drbd| record::save(&req.key, &Record::Drbd(rec.clone()));
+    save(&rec)?;
     let mut promoted = false;
     let result = (|| -> Result<()> {
         if before != Role::Primary {
             watchdog::phase("promoting the DRBD resource");
             drbdadm("primary", &r).run_ok(&deadline)?;
             promoted = true;
-            rec.set("promoted", "1");
-            state::save(&req.key, &rec)?;
+            rec.promoted = true;
+            save(&rec)?;
         }
         let dev = attach::block_device(Path::new(&dev_path))?;
-        attach::record_device(&mut rec, &dev);
-        state::save(&req.key, &rec)?;
+        rec.device = Some(dev.clone());
+        save(&rec)?;
         // DRBD semantics: no read-only sharing between guests.
         let scan = Scan {
             mode: if req.mode == Mode::Read {
@@ -130,7 +132,7 @@ pub fn add(be: &Backend) -> Result<()> {
         undo.push(format!("{e:#}"));
     }
     if undo.is_empty() {
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
     }
     Err(attach::with_undo_errors(err, undo))
 }
@@ -141,7 +143,10 @@ pub fn remove(be: &Backend) -> Result<()> {
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, KIND)?;
+    } = attach::begin_remove(be, LOCK, |r| match r {
+        Record::Drbd(r) => Some(r),
+        _ => None,
+    })?;
     let rec = match rec {
         Some(rec) => rec,
         None => {
@@ -154,21 +159,25 @@ pub fn remove(be: &Backend) -> Result<()> {
                 return Ok(());
             };
             let r = drbd::parse_params(&params).map_err(|e| anyhow!(e))?;
-            let mut rec = Record::default();
-            rec.set("kind", KIND).set("resource", r.to_string());
-            rec
+            record::Drbd {
+                backend: Some(be.path.path.clone()),
+                resource: r.to_string(),
+                dev_path: None,
+                promoted: false,
+                device: None,
+            }
         }
     };
-    let r = drbd::parse_params(rec.require("resource")?).map_err(|e| anyhow!(e))?;
+    let r = drbd::parse_params(&rec.resource).map_err(|e| anyhow!(e))?;
     let mut steps = Steps::default();
     let d = deadline.at_least(attach::STEP_FLOOR);
     let r2 = (|| -> Result<()> {
-        let dev_path = match rec.get("device") {
-            Some(p) => p.to_string(),
+        let dev_path = match &rec.dev_path {
+            Some(p) => p.clone(),
             None => sh_dev(&r, &d)?,
         };
-        let rdev = match attach::recorded_device(&rec) {
-            Some((_, rdev, _)) => rdev,
+        let rdev = match &rec.device {
+            Some(dev) => dev.rdev,
             None => match attach::block_device(Path::new(&dev_path)) {
                 Ok(dev) => dev.rdev,
                 Err(e) => {
@@ -201,7 +210,10 @@ pub fn remove(be: &Backend) -> Result<()> {
     })();
     steps.run(&format!("demoting DRBD resource {r}"), r2);
     if steps.ok() {
-        steps.run("deleting the remove record", state::delete(&key));
+        steps.run(
+            "deleting the remove record",
+            record::delete(&key).map_err(Into::into),
+        );
     }
     steps.finish()
 }

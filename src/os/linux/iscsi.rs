@@ -34,7 +34,7 @@ use crate::backend::{Backend, busy};
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
-use crate::state::{self, Record};
+use crate::record::{self, Record};
 use crate::storage::iscsi::{self, Credentials, Params, Portal, Session};
 use crate::tool::{self, Cmd, Deadline};
 use crate::watchdog;
@@ -42,7 +42,6 @@ use crate::watchdog;
 use super::attach::{self, Device, Steps};
 
 const LOCK: &str = "block-iscsi";
-const KIND: &str = "iscsi";
 
 pub fn add(be: &Backend) -> Result<()> {
     let Some(req) = attach::begin_add(be)? else {
@@ -81,26 +80,28 @@ pub fn add(be: &Backend) -> Result<()> {
             )));
         }
     };
-    let mut rec = Record::default();
-    rec.set("kind", KIND)
-        .set("backend", be.path.path.as_str())
-        .set("iqn", p.iqn.as_str())
-        .set("portal", p.portal.to_string())
-        .set("lun", p.lun.to_string())
-        .set("mode", req.mode.as_str());
-    if let Some(i) = &p.iface {
-        rec.set("iface", i.as_str());
-    }
+    let mut rec = record::Iscsi {
+        backend: Some(be.path.path.clone()),
+        iqn: p.iqn.clone(),
+        portal: p.portal.socket_addr(),
+        lun: p.lun,
+        mode: req.mode,
+        iface: p.iface.clone(),
+        sid: None,
+        multipath: None,
+        device: None,
+    };
+    let save = |rec: &record::Iscsi| record::save(&req.key, &Record::Iscsi(rec.clone()));
     // Saved before login, so a run killed after it still finds the session on remove.
-    state::save(&req.key, &rec)?;
+    save(&rec)?;
     let mut done = Done::default();
     let result = (|| -> Result<()> {
         let sid = match reuse {
             Some(sid) => sid,
             None => {
                 let sid = login(&p, creds.as_ref(), &deadline, &mut done)?;
-                rec.set("sid", sid.to_string());
-                state::save(&req.key, &rec)?;
+                rec.sid = Some(sid);
+                save(&rec)?;
                 sid
             }
         };
@@ -111,15 +112,15 @@ pub fn add(be: &Backend) -> Result<()> {
         let dev = if p.multipath {
             watchdog::phase("waiting for the multipath map");
             let (name, dev) = wait_for_map(&disk, &deadline)?;
-            rec.set("multipath", name.as_str());
+            rec.multipath = Some(name.clone());
             done.map = Some(name);
             devs.insert(0, dev.rdev);
             dev
         } else {
             disk
         };
-        attach::record_device(&mut rec, &dev);
-        state::save(&req.key, &rec)?;
+        rec.device = Some(dev.clone());
+        save(&rec)?;
         let _block = Lock::claim("block")?;
         attach::check_sharing(
             &req.scan,
@@ -151,7 +152,7 @@ pub fn add(be: &Backend) -> Result<()> {
         }
     }
     if undo.is_empty() {
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
     }
     Err(attach::with_undo_errors(err, undo))
 }
@@ -167,12 +168,12 @@ struct Done {
 
 /// Whether another live vbd of ours uses session `sid` for the same LUN read-only.
 fn shared_read_only(be: &Backend, own_key: &str, p: &Params, sid: u32) -> Result<bool> {
-    for (_, rec) in attach::other_records(KIND, own_key) {
+    for (_, rec) in attach::other_records(own_key, iscsi_of) {
         if same_session(&rec, p)
-            && rec.get("lun") == Some(&p.lun.to_string())
-            && rec.get("mode") == Some("r")
-            && rec.get("sid") == Some(&sid.to_string())
-            && attach::backend_alive(be, &rec)?
+            && rec.lun == p.lun
+            && rec.mode == Mode::Read
+            && rec.sid == Some(sid)
+            && attach::backend_alive(be, rec.backend.as_deref())?
         {
             return Ok(true);
         }
@@ -180,9 +181,15 @@ fn shared_read_only(be: &Backend, own_key: &str, p: &Params, sid: u32) -> Result
     Ok(false)
 }
 
-fn same_session(rec: &Record, p: &Params) -> bool {
-    rec.get("iqn") == Some(p.iqn.as_str())
-        && rec.get("portal").and_then(Portal::parse) == Some(p.portal)
+fn iscsi_of(r: Record) -> Option<record::Iscsi> {
+    match r {
+        Record::Iscsi(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn same_session(rec: &record::Iscsi, p: &Params) -> bool {
+    rec.iqn == p.iqn && Portal::from(rec.portal) == p.portal
 }
 
 fn list_sessions(deadline: &Deadline) -> Result<Vec<Session>> {
@@ -427,7 +434,7 @@ pub fn remove(be: &Backend) -> Result<()> {
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, KIND)?;
+    } = attach::begin_remove(be, LOCK, iscsi_of)?;
     let rec = match rec {
         Some(r) => r,
         None => match legacy_record(be)? {
@@ -441,23 +448,20 @@ pub fn remove(be: &Backend) -> Result<()> {
             }
         },
     };
-    let iqn = rec.require("iqn")?.to_string();
-    let portal = rec
-        .get("portal")
-        .and_then(Portal::parse)
-        .ok_or_else(|| anyhow!("remove record {key}: bad portal"))?;
+    let iqn = rec.iqn.clone();
+    let portal = Portal::from(rec.portal);
     let p = Params {
         iqn: iqn.clone(),
         portal,
         lun: 0,
         multipath: false,
-        iface: rec.get("iface").map(str::to_string),
+        iface: rec.iface.clone(),
         auth: None,
     };
     let mut users = Vec::new();
-    for (k, other) in attach::other_records(KIND, &key) {
-        if same_session(&other, &p) && attach::backend_alive(be, &other)? {
-            users.push(other.get("backend").unwrap_or(&k).to_string());
+    for (k, other) in attach::other_records(&key, iscsi_of) {
+        if same_session(&other, &p) && attach::backend_alive(be, other.backend.as_deref())? {
+            users.push(other.backend.unwrap_or(k));
         }
     }
     let mut steps = Steps::default();
@@ -467,7 +471,7 @@ pub fn remove(be: &Backend) -> Result<()> {
             users.join(", ")
         ));
     } else {
-        if let Some(map) = rec.get("multipath") {
+        if let Some(map) = &rec.multipath {
             watchdog::phase("flushing the multipath map");
             steps.run(
                 &format!("flushing multipath map {map}"),
@@ -476,14 +480,17 @@ pub fn remove(be: &Backend) -> Result<()> {
         }
         watchdog::phase("logging out of the iSCSI target");
         let d = deadline.at_least(attach::STEP_FLOOR);
-        let r = match rec.get("sid").and_then(|s| s.parse::<u32>().ok()) {
+        let r = match rec.sid {
             Some(sid) => logout_sid(sid, &iqn, &portal, &d),
             None => logout_node(&p, &d),
         };
         steps.run(&format!("logging out of {iqn} at {portal}"), r);
     }
     if steps.ok() {
-        steps.run("deleting the remove record", state::delete(&key));
+        steps.run(
+            "deleting the remove record",
+            record::delete(&key).map_err(Into::into),
+        );
     }
     steps.finish()
 }
@@ -505,19 +512,21 @@ fn logout_node(p: &Params, d: &Deadline) -> Result<()> {
 }
 
 /// No record (attached by the shell script, or before an upgrade): what `params` says.
-fn legacy_record(be: &Backend) -> Result<Option<Record>> {
+fn legacy_record(be: &Backend) -> Result<Option<record::Iscsi>> {
     let Some(params) = be.read("params")? else {
         return Ok(None);
     };
     let p = iscsi::parse_params(&params).map_err(|e| anyhow!(e))?;
-    let mut rec = Record::default();
-    rec.set("kind", KIND)
-        .set("backend", be.path.path.as_str())
-        .set("iqn", p.iqn.as_str())
-        .set("portal", p.portal.to_string())
-        .set("lun", p.lun.to_string());
-    if let Some(i) = &p.iface {
-        rec.set("iface", i.as_str());
-    }
-    Ok(Some(rec))
+    Ok(Some(record::Iscsi {
+        backend: Some(be.path.path.clone()),
+        iqn: p.iqn,
+        portal: p.portal.socket_addr(),
+        lun: p.lun,
+        // Remove does not use it; the backend's own mode, for what it is worth.
+        mode: Mode::canonicalise_other(be.read("mode")?.as_deref()),
+        iface: p.iface,
+        sid: None,
+        multipath: None,
+        device: None,
+    }))
 }

@@ -20,10 +20,10 @@ use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
 use crate::mountinfo::{self, Mount};
+use crate::record::{self, Record};
 use crate::request::{AddNodes, Frontend, read_only_file, refused_write, require_init_wait};
 use crate::script::Script;
 use crate::sharing::{self, Scan};
-use crate::state::{self, Record};
 
 use loopdev::{Attached, Detach, split_dev};
 
@@ -312,13 +312,20 @@ fn add_phy(be: &Backend, scan: &Scan, fd: &File, path: &str, rdev: DevNum) -> Re
 
 fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -> Result<()> {
     let lock = Lock::claim("block")?;
-    let key = be.path.state_key();
+    let key = be.path.record_key();
     // A record for this backend path without `physical-device` is an attach that never
     // finished (killed, or the backend was torn down and re-created): that loop belongs to
     // no one now. Detach it (with its identity checks) instead of forgetting it.
-    if let Some(old) = state::load(&key)? {
-        log::err(&format!("{key}: cleaning up an unfinished earlier attach"));
-        remove_recorded(&key, &old)?;
+    match record::load(&key)? {
+        Some(Record::Loop(old)) => {
+            log::err(&format!("{key}: cleaning up an unfinished earlier attach"));
+            remove_recorded(&key, &old)?;
+        }
+        Some(other) => bail!(
+            "{key}: a remove record of kind {} is in the way: remove that attachment first",
+            other.kind()
+        ),
+        None => {}
     }
     require_init_wait(be)?;
     if scan.mode == Mode::Write && meta.mode() & 0o222 == 0 {
@@ -353,18 +360,24 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
         }
     }
 
-    let mut rec = Record::default();
-    rec.set("kind", "loop")
-        .set("backend", be.path.path.as_str())
-        .set("params", path)
-        .set("backing", format!("{}:{}", bdev, meta.ino()));
+    let mut rec = record::Loop {
+        backend: Some(be.path.path.clone()),
+        params: Some(path.to_string()),
+        backing: (bdev, meta.ino()),
+        device: record::Device {
+            path: String::new(),
+            rdev: DevNum::new(0, 0),
+            diskseq: None,
+        },
+    };
     let (attached, loopfd) =
         loopdev::attach(&backing, path, scan.mode == Mode::Read, |node, rdev| {
-            rec.set("node", node).set("rdev", rdev.to_string());
-            state::save(&key, &rec)
+            rec.device.path = node.to_string();
+            rec.device.rdev = rdev;
+            Ok(record::save(&key, &Record::Loop(rec.clone()))?)
         })
         .inspect_err(|_| {
-            let _ = state::delete(&key);
+            let _ = record::delete(&key);
         })?;
     let undo = |e: anyhow::Error| -> anyhow::Error {
         if let Err(d) = loopdev::detach_fd(&loopfd) {
@@ -374,13 +387,11 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
             ));
             return e;
         }
-        let _ = state::delete(&key);
+        let _ = record::delete(&key);
         e
     };
-    if let Some(seq) = attached.diskseq {
-        rec.set("diskseq", format!("{seq:x}"));
-    }
-    state::save(&key, &rec).map_err(undo)?;
+    rec.device.diskseq = attached.diskseq;
+    record::save(&key, &Record::Loop(rec)).map_err(|e| undo(e.into()))?;
     be.write_dev(
         Some(&attached.path),
         &attached.path,
@@ -396,19 +407,22 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
 }
 
 fn remove(be: &Backend, script: &Script) -> Result<()> {
-    let key = be.path.state_key();
-    if let Some(rec) = state::load(&key)? {
-        if rec.get("kind") != Some("loop") {
+    let key = be.path.record_key();
+    match record::load(&key)? {
+        Some(Record::Loop(rec)) => {
+            let _lock = Lock::claim("block")?;
+            return remove_recorded(&key, &rec);
+        }
+        Some(other) => {
             // Written by another personality (block-iscsi, ...) for this backend: its own
             // remove undoes it, not ours.
             log::err(&format!(
                 "{key}: the record is a {} attachment, not a loop: left for its own script",
-                rec.get("kind").unwrap_or("unknown")
+                other.kind()
             ));
             return Ok(());
         }
-        let _lock = Lock::claim("block")?;
-        return remove_recorded(&key, &rec);
+        None => {}
     }
     // No record: a phy backend, one attached by the shell script, or nothing we know.
     let Some(params) = be.read("params")? else {
@@ -429,27 +443,14 @@ fn remove(be: &Backend, script: &Script) -> Result<()> {
     }
 }
 
-fn remove_recorded(key: &str, rec: &Record) -> Result<()> {
-    let rdev = DevNum::parse_linux_hex(rec.require("rdev")?)
-        .ok_or_else(|| anyhow!("record {key}: bad rdev"))?;
-    let (bdev, bino) = rec
-        .require("backing")?
-        .rsplit_once(':')
-        .and_then(|(d, i)| Some((DevNum::parse_linux_hex(d)?, i.parse::<u64>().ok()?)))
-        .ok_or_else(|| anyhow!("record {key}: bad backing"))?;
-    let diskseq = match rec.get("diskseq") {
-        Some(s) => {
-            Some(u64::from_str_radix(s, 16).map_err(|_| anyhow!("record {key}: bad diskseq"))?)
-        }
-        None => None,
-    };
+fn remove_recorded(key: &str, rec: &record::Loop) -> Result<()> {
     let attached = Attached {
-        path: rec.require("node")?.to_string(),
-        rdev,
-        diskseq,
+        path: rec.device.path.clone(),
+        rdev: rec.device.rdev,
+        diskseq: rec.device.diskseq,
     };
-    detach(&attached, (bdev, bino))?;
-    state::delete(key)
+    detach(&attached, rec.backing)?;
+    Ok(record::delete(key)?)
 }
 
 fn detach(attached: &Attached, backing: (DevNum, u64)) -> Result<()> {

@@ -21,7 +21,7 @@ use crate::backend::Backend;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
-use crate::state::{self, Record};
+use crate::record::{self, Record};
 use crate::storage::nbd;
 use crate::tool::{self, Cmd, Deadline};
 use crate::watchdog;
@@ -29,7 +29,6 @@ use crate::watchdog;
 use super::attach::{self, Steps};
 
 const LOCK: &str = "block-nbd";
-const KIND: &str = "nbd";
 /// Devices tried when others take the free ones first.
 const ATTEMPTS: usize = 3;
 
@@ -95,17 +94,21 @@ pub fn add(be: &Backend) -> Result<()> {
              (more with modprobe nbd nbds_max=<n>)"
         ));
     }
-    let mut rec = Record::default();
-    rec.set("kind", KIND)
-        .set("backend", be.path.path.as_str())
-        .set("server", p.to_string());
+    let mut rec = record::Nbd {
+        backend: Some(be.path.path.clone()),
+        server: Some(p.to_string()),
+        nbd: String::new(),
+        pid: None,
+        device: None,
+    };
+    let save = |rec: &record::Nbd| record::save(&req.key, &Record::Nbd(rec.clone()));
     let mut connected = None;
     for &index in free.iter().take(ATTEMPTS) {
         let dev = dev_path(index);
         let dev_s = dev.to_string_lossy().into_owned();
-        rec.set("device", dev_s.as_str());
+        rec.nbd = dev_s.clone();
         // Saved before connecting, so a run killed after it still finds the device.
-        state::save(&req.key, &rec)?;
+        save(&rec)?;
         watchdog::phase("connecting to the NBD server");
         let cmd =
             Cmd::new("nbd-client").args(nbd::connect_args(&p, &dev_s, req.mode == Mode::Read));
@@ -114,7 +117,7 @@ pub fn add(be: &Backend) -> Result<()> {
             Err(e) => {
                 // Timed out or not run: disconnect whatever half-made connection is left.
                 let _ = disconnect(index, &req.budget.undo());
-                let _ = state::delete(&req.key);
+                let _ = record::delete(&req.key);
                 return Err(e.context(format!("cannot connect {dev_s} to {p}")));
             }
         };
@@ -128,11 +131,11 @@ pub fn add(be: &Backend) -> Result<()> {
             ));
             continue;
         }
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
         return Err(cmd.failed(&out).context(format!("cannot connect to {p}")));
     }
     let Some(index) = connected else {
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
         return Err(anyhow!(
             "other programs took every free NBD device this run tried"
         ));
@@ -151,9 +154,9 @@ pub fn add(be: &Backend) -> Result<()> {
         let pid =
             pid_of(index).ok_or_else(|| anyhow!("{} is not connected any more", dev.display()))?;
         let device = attach::block_device(&dev)?;
-        rec.set("pid", pid.to_string());
-        attach::record_device(&mut rec, &device);
-        state::save(&req.key, &rec)?;
+        rec.pid = Some(pid);
+        rec.device = Some(device.clone());
+        save(&rec)?;
         let _block = Lock::claim("block")?;
         attach::check_sharing(
             &req.scan,
@@ -169,7 +172,7 @@ pub fn add(be: &Backend) -> Result<()> {
     if let Err(e) = disconnect(index, &req.budget.undo()) {
         undo.push(format!("{e:#}"));
     } else {
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
     }
     Err(attach::with_undo_errors(err, undo))
 }
@@ -188,7 +191,10 @@ pub fn remove(be: &Backend) -> Result<()> {
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, KIND)?;
+    } = attach::begin_remove(be, LOCK, |r| match r {
+        Record::Nbd(r) => Some(r),
+        _ => None,
+    })?;
     let Some(rec) = rec else {
         // Upstream's block-nbd never attached anything under libxl, so a device without
         // our record is not ours to disconnect.
@@ -198,7 +204,7 @@ pub fn remove(be: &Backend) -> Result<()> {
         ));
         return Ok(());
     };
-    let device = rec.require("device")?.to_string();
+    let device = rec.nbd.clone();
     let index = std::path::Path::new(&device)
         .file_name()
         .and_then(|n| n.to_str())
@@ -213,19 +219,22 @@ pub fn remove(be: &Backend) -> Result<()> {
     };
     steps.run(&format!("disconnecting {device}"), r);
     if steps.ok() {
-        steps.run("deleting the remove record", state::delete(&key));
+        steps.run(
+            "deleting the remove record",
+            record::delete(&key).map_err(Into::into),
+        );
     }
     steps.finish()
 }
 
 /// Whether `nbd<index>` is still the connection the record describes.
-fn ours_still(index: u32, rec: &Record) -> Result<bool> {
+fn ours_still(index: u32, rec: &record::Nbd) -> Result<bool> {
     let device = dev_path(index);
     let Some(pid) = pid_of(index) else {
         log::debug(&format!("{} is already disconnected", device.display()));
         return Ok(false);
     };
-    let Some(rec_pid) = rec.get("pid").and_then(|p| p.parse::<u32>().ok()) else {
+    let Some(rec_pid) = rec.pid else {
         // Killed between connecting and recording: the connection can only be ours if
         // nobody else could have connected it since, and the lock says nobody did; but
         // a device reconnected after a reboot-less crash cannot be told apart. Leave it.
@@ -244,9 +253,12 @@ fn ours_still(index: u32, rec: &Record) -> Result<bool> {
         ));
         return Ok(false);
     }
-    if let Some((_, rdev, seq)) = attach::recorded_device(rec)
+    if let Some(rec_dev) = &rec.device
         && let Ok(now) = attach::block_device(&device)
-        && (now.rdev != rdev || (seq.is_some() && now.diskseq.is_some() && now.diskseq != seq))
+        && (now.rdev != rec_dev.rdev
+            || (rec_dev.diskseq.is_some()
+                && now.diskseq.is_some()
+                && now.diskseq != rec_dev.diskseq))
     {
         log::err(&format!(
             "not disconnecting {}: it is not the device this attach published \
