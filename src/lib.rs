@@ -8,6 +8,7 @@
 #![deny(clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+pub mod applet;
 pub mod backend;
 pub mod cli;
 pub mod devnum;
@@ -21,7 +22,6 @@ pub mod record;
 pub mod request;
 pub mod script;
 pub mod sharing;
-pub mod storage;
 pub mod tool;
 pub mod watchdog;
 pub mod xs;

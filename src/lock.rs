@@ -22,6 +22,36 @@ use fs2::FileExt;
 
 pub const LOCK_DIR: &str = "/var/run/xen-hotplug";
 
+/// The global lock of `block` (and of Xen's shell scripts' `claim_lock block`): held for
+/// the sharing check and the node writes of every personality.
+pub const BLOCK: &str = "block";
+/// The storage helpers' own locks: each serialises its adds and removes among themselves
+/// (sessions, free devices, promotions), so a slow target never holds up other disks.
+pub const ISCSI: &str = "block-iscsi";
+pub const NBD: &str = "block-nbd";
+pub const DRBD: &str = "block-drbd";
+
+/// What the run is doing while it waits for, then holds, the lock `name` (the watchdog's
+/// timeout message): a stuck `block-iscsi` lock must not be reported as the `block` lock.
+fn phases(name: &str) -> (&'static str, &'static str) {
+    match name {
+        BLOCK => ("waiting for the block lock", "holding the block lock"),
+        ISCSI => (
+            "waiting for the block-iscsi lock",
+            "holding the block-iscsi lock",
+        ),
+        NBD => (
+            "waiting for the block-nbd lock",
+            "holding the block-nbd lock",
+        ),
+        DRBD => (
+            "waiting for the block-drbd lock",
+            "holding the block-drbd lock",
+        ),
+        _ => ("waiting for a lock", "holding a lock"),
+    }
+}
+
 pub struct Lock {
     path: PathBuf,
     // Held for its flock; dropped after the unlink.
@@ -30,11 +60,12 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// Blocks until the named lock is held.
+    /// Blocks until the named lock (`BLOCK`, `ISCSI`, `NBD`, `DRBD`) is held.
     pub fn claim(name: &str) -> Result<Lock> {
-        crate::watchdog::phase("waiting for the block lock");
+        let (waiting, holding) = phases(name);
+        crate::watchdog::phase(waiting);
         let l = Self::claim_in(Path::new(LOCK_DIR), name);
-        crate::watchdog::phase("holding the block lock");
+        crate::watchdog::phase(holding);
         l
     }
 
@@ -96,6 +127,16 @@ impl Drop for Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_name_the_lock_waited_for() {
+        for name in [BLOCK, ISCSI, NBD, DRBD] {
+            let (waiting, holding) = phases(name);
+            assert_eq!(waiting, format!("waiting for the {name} lock"));
+            assert_eq!(holding, format!("holding the {name} lock"));
+        }
+        assert_eq!(phases("other").0, "waiting for a lock");
+    }
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

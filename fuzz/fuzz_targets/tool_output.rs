@@ -9,7 +9,9 @@
 use libfuzzer_sys::fuzz_target;
 use xen_block_hotplug::devnum::DevNum;
 use xen_block_hotplug::os::netbsd_logic as nb;
-use xen_block_hotplug::storage::{drbd, iscsi, nbd};
+use xen_block_hotplug::applet::drbd::parse as drbd;
+use xen_block_hotplug::applet::iscsi::parse as iscsi;
+use xen_block_hotplug::applet::nbd::parse as nbd;
 use xen_block_hotplug::tool;
 
 fuzz_target!(|data: &[u8]| {
@@ -41,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                     && v.trim().bytes().any(|b| b.is_ascii_digit())
                     && v.trim().bytes().any(|b| b.is_ascii_uppercase())
                 {
-                    assert!(!e.contains(v.trim()), "secret {v:?} in {e:?}");
+                    assert!(!e.to_string().contains(v.trim()), "secret {v:?} in {e:?}");
                 }
             }
         }

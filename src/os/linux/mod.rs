@@ -1,10 +1,6 @@
 //! Linux dom0: the `block` script proper (interface doc §4.2), phy and file backends.
 
-mod attach;
-mod drbd;
-mod iscsi;
 pub mod loopdev;
-mod nbd;
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
@@ -13,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::applet;
 use crate::backend::{Backend, busy};
 use crate::devnum::DevNum;
 use crate::invocation::{self, Action, LinuxEnv, Request, UsageError};
@@ -131,12 +128,12 @@ pub fn storage_helper(
 ) -> Result<()> {
     use crate::cli::Personality as P;
     match (personality, action) {
-        (P::Iscsi, Action::Add) => iscsi::add(be),
-        (P::Iscsi, Action::Remove) => iscsi::remove(be),
-        (P::Nbd, Action::Add) => nbd::add(be),
-        (P::Nbd, Action::Remove) => nbd::remove(be),
-        (P::Drbd, Action::Add) => drbd::add(be),
-        (P::Drbd, Action::Remove) => drbd::remove(be),
+        (P::Iscsi, Action::Add) => applet::iscsi::add(be),
+        (P::Iscsi, Action::Remove) => applet::iscsi::remove(be),
+        (P::Nbd, Action::Add) => applet::nbd::add(be),
+        (P::Nbd, Action::Remove) => applet::nbd::remove(be),
+        (P::Drbd, Action::Add) => applet::drbd::add(be),
+        (P::Drbd, Action::Remove) => applet::drbd::remove(be),
         (P::Block, _) => bail!("block is not a storage helper"),
     }
 }

@@ -3,7 +3,7 @@
 //! remove that runs every step and reports what failed.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,6 @@ use crate::request::{AddNodes, Frontend};
 use crate::sharing::{self, Scan};
 use crate::tool::Deadline;
 use crate::watchdog;
-
-use super::loopdev;
 
 /// Time kept back from the run's watchdog for undoing a failed add.
 const UNDO_RESERVE: Duration = Duration::from_secs(8);
@@ -152,15 +150,26 @@ pub fn block_device(path: &Path) -> Result<Device> {
         .to_str()
         .ok_or_else(|| anyhow!("{} is not a UTF-8 path", real.display()))?
         .to_string();
+    let rdev = crate::os::stat_block_device(&shown)
+        .ok_or_else(|| anyhow!("{shown} has no device number this system can split"))?;
     // Opened read-only and non-blocking only to ask for the disk sequence number.
-    let diskseq = open_nonblocking(&real)
-        .ok()
-        .and_then(|f| loopdev::diskseq(&f));
+    let diskseq = open_nonblocking(&real).ok().and_then(|f| diskseq(&f));
     Ok(Device {
         path: shown,
-        rdev: loopdev::split_dev(meta.rdev()),
+        rdev,
         diskseq,
     })
+}
+
+/// The disk sequence number (Linux 5.15+ `BLKGETDISKSEQ`); other systems have none.
+#[cfg(target_os = "linux")]
+fn diskseq(f: &File) -> Option<u64> {
+    crate::os::loopdev::diskseq(f)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn diskseq(_: &File) -> Option<u64> {
+    None
 }
 
 fn open_nonblocking(p: &Path) -> std::io::Result<File> {
@@ -250,7 +259,7 @@ impl Steps {
 /// mounts. Each entry says who.
 pub fn other_users(be: &Backend, rdev: DevNum) -> Result<Vec<String>> {
     let mut users = Vec::new();
-    for m in super::local_mounts()? {
+    for m in crate::os::local_mounts()? {
         if m.dev == rdev {
             users.push(format!("mounted at {}", m.mount_point));
         }
@@ -271,13 +280,13 @@ pub fn other_users(be: &Backend, rdev: DevNum) -> Result<Vec<String>> {
             let by_path = be
                 .store
                 .read(&format!("{other}/physical-device-path"))?
-                .and_then(|p| super::stat_block_device(&p));
+                .and_then(|p| crate::os::stat_block_device(&p));
             let d = match by_path {
                 Some(d) => Some(d),
                 None => be
                     .store
                     .read(&format!("{other}/physical-device"))?
-                    .and_then(|v| super::parse_physical_device(&v)),
+                    .and_then(|v| crate::os::parse_physical_device(&v)),
             };
             if d == Some(rdev) {
                 users.push(format!("{other} (domain {dom})"));

@@ -25,29 +25,28 @@
 //! log or to an error message. Discovery authentication, if the target wants it, belongs
 //! in `/etc/iscsi/iscsid.conf`.
 
+pub mod parse;
+
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 
+use self::parse::{Credentials, Params, Portal, Session};
+use crate::applet::helper::{self, Device, Steps};
 use crate::backend::{Backend, busy};
-use crate::lock::Lock;
+use crate::lock::{self, Lock};
 use crate::log;
 use crate::mode::Mode;
 use crate::record::{self, Record};
-use crate::storage::iscsi::{self, Credentials, Params, Portal, Session};
 use crate::tool::{self, Cmd, Deadline};
 use crate::watchdog;
 
-use super::attach::{self, Device, Steps};
-
-const LOCK: &str = "block-iscsi";
-
 pub fn add(be: &Backend) -> Result<()> {
-    let Some(req) = attach::begin_add(be)? else {
+    let Some(req) = helper::begin_add(be)? else {
         return Ok(());
     };
-    let p = iscsi::parse_params(&req.params).map_err(|e| anyhow!(e))?;
+    let p = parse::parse_params(&req.params)?;
     let creds = match &p.auth {
         Some(f) => Some(read_credentials(f)?),
         None => None,
@@ -58,11 +57,11 @@ pub fn add(be: &Backend) -> Result<()> {
     }
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = Lock::claim(LOCK)?;
+    let _lock = Lock::claim(lock::ISCSI)?;
     let deadline = req.budget.wait()?;
     watchdog::phase("listing iSCSI sessions");
     let sessions = list_sessions(&deadline)?;
-    let open = iscsi::sessions_of(&sessions, &p.iqn, &p.portal);
+    let open = parse::sessions_of(&sessions, &p.iqn, &p.portal);
     let reuse = match open.as_slice() {
         [] => None,
         [s] if req.mode == Mode::Read && shared_read_only(be, &req.key, &p, s.sid)? => {
@@ -121,13 +120,13 @@ pub fn add(be: &Backend) -> Result<()> {
         };
         rec.device = Some(dev.clone());
         save(&rec)?;
-        let _block = Lock::claim("block")?;
-        attach::check_sharing(
+        let _block = Lock::claim(lock::BLOCK)?;
+        helper::check_sharing(
             &req.scan,
             &format!("iSCSI LUN {} of {} ({})", p.lun, p.iqn, dev.path),
             &devs,
         )?;
-        attach::publish(be, None, &dev)
+        helper::publish(be, None, &dev)
     })();
     let Err(err) = result else {
         return Ok(());
@@ -154,7 +153,7 @@ pub fn add(be: &Backend) -> Result<()> {
     if undo.is_empty() {
         let _ = record::delete(&req.key);
     }
-    Err(attach::with_undo_errors(err, undo))
+    Err(helper::with_undo_errors(err, undo))
 }
 
 /// What this add did, for the undo.
@@ -168,12 +167,12 @@ struct Done {
 
 /// Whether another live vbd of ours uses session `sid` for the same LUN read-only.
 fn shared_read_only(be: &Backend, own_key: &str, p: &Params, sid: u32) -> Result<bool> {
-    for (_, rec) in attach::other_records(own_key, iscsi_of) {
+    for (_, rec) in helper::other_records(own_key, iscsi_of) {
         if same_session(&rec, p)
             && rec.lun == p.lun
             && rec.mode == Mode::Read
             && rec.sid == Some(sid)
-            && attach::backend_alive(be, rec.backend.as_deref())?
+            && helper::backend_alive(be, rec.backend.as_deref())?
         {
             return Ok(true);
         }
@@ -196,7 +195,7 @@ fn list_sessions(deadline: &Deadline) -> Result<Vec<Session>> {
     let cmd = Cmd::new("iscsiadm").args(["-m", "session"]);
     let out = cmd.run(deadline)?;
     match out.code {
-        Some(0) => iscsi::parse_sessions(&out.stdout).map_err(|e| anyhow!(e)),
+        Some(0) => Ok(parse::parse_sessions(&out.stdout)?),
         // ISCSI_ERR_NO_OBJS_FOUND: "iscsiadm: No active sessions."
         Some(21) => Ok(Vec::new()),
         _ => Err(cmd.failed(&out)),
@@ -233,7 +232,7 @@ fn login(p: &Params, creds: Option<&Credentials>, d: &Deadline, done: &mut Done)
         disc = disc.args(["-I", i.as_str()]);
     }
     let out = disc.run_ok(d)?;
-    let found = iscsi::parse_discovery(&out.stdout);
+    let found = parse::parse_discovery(&out.stdout);
     if !found
         .iter()
         .any(|n| n.target == p.iqn && n.portal.is(&p.portal))
@@ -266,9 +265,9 @@ fn login(p: &Params, creds: Option<&Credentials>, d: &Deadline, done: &mut Done)
     // A login that fails half-way may still leave a session: look for it either way.
     done.login = true;
     let r = node_cmd(p).arg("--login").run_ok(d);
-    let sessions = list_sessions(&d.at_least(attach::STEP_FLOOR));
+    let sessions = list_sessions(&d.at_least(helper::STEP_FLOOR));
     if let Ok(s) = &sessions
-        && let [one] = iscsi::sessions_of(s, &p.iqn, &p.portal).as_slice()
+        && let [one] = parse::sessions_of(s, &p.iqn, &p.portal).as_slice()
     {
         done.sid = Some(one.sid);
     }
@@ -335,7 +334,7 @@ fn read_credentials(path: &str) -> Result<Credentials> {
         .take(64 * 1024)
         .read_to_string(&mut text)
         .with_context(|| format!("cannot read {path}"))?;
-    iscsi::parse_credentials(&text).map_err(|e| anyhow!("CHAP credentials file {path}: {e}"))
+    parse::parse_credentials(&text).map_err(|e| anyhow!("CHAP credentials file {path}: {e}"))
 }
 
 fn by_path_dir() -> PathBuf {
@@ -354,7 +353,7 @@ fn wait_for_disk(p: &Params, d: &Deadline) -> Result<Device> {
         dir.display(),
         p.portal.port,
         p.iqn,
-        iscsi::by_path_lun(p.lun)
+        parse::by_path_lun(p.lun)
     );
     tool::wait_for(&what, d, || {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -363,9 +362,9 @@ fn wait_for_disk(p: &Params, d: &Deadline) -> Result<Device> {
         for e in entries.flatten() {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            if iscsi::by_path_is(name, &p.iqn, p.lun, &p.portal) {
+            if parse::by_path_is(name, &p.iqn, p.lun, &p.portal) {
                 // A link udev is still writing may not resolve yet: keep waiting.
-                return Ok(attach::block_device(&e.path()).ok());
+                return Ok(helper::block_device(&e.path()).ok());
             }
         }
         Ok(None)
@@ -383,7 +382,7 @@ fn wait_for_map(disk: &Device, d: &Deadline) -> Result<(String, Device)> {
         if !out.success() {
             return Ok(None);
         }
-        let Some(map) = iscsi::parse_multipath_ll(&out.stdout) else {
+        let Some(map) = parse::parse_multipath_ll(&out.stdout) else {
             return Ok(None);
         };
         if !map.paths.contains(&devnum) {
@@ -394,7 +393,7 @@ fn wait_for_map(disk: &Device, d: &Deadline) -> Result<(String, Device)> {
             ));
         }
         let node = tool::sys_path("/dev/mapper").join(&map.name);
-        Ok(attach::block_device(&node).ok().map(|dev| (map.name, dev)))
+        Ok(helper::block_device(&node).ok().map(|dev| (map.name, dev)))
     })
 }
 
@@ -408,7 +407,7 @@ fn flush_map(name: &str, d: &Deadline) -> Result<()> {
 /// Logs out of session `sid`, only if it still is a session of this target and portal.
 fn logout_sid(sid: u32, iqn: &str, portal: &Portal, d: &Deadline) -> Result<()> {
     let sessions = list_sessions(d)?;
-    let mine = iscsi::sessions_of(&sessions, iqn, portal);
+    let mine = parse::sessions_of(&sessions, iqn, portal);
     if !mine.iter().any(|s| s.sid == sid) {
         if mine.is_empty() {
             log::debug(&format!("session {sid} to {iqn} is already gone"));
@@ -429,12 +428,12 @@ fn logout_sid(sid: u32, iqn: &str, portal: &Portal, d: &Deadline) -> Result<()> 
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let attach::RemoveStart {
+    let helper::RemoveStart {
         key,
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, iscsi_of)?;
+    } = helper::begin_remove(be, lock::ISCSI, iscsi_of)?;
     let rec = match rec {
         Some(r) => r,
         None => match legacy_record(be)? {
@@ -459,8 +458,8 @@ pub fn remove(be: &Backend) -> Result<()> {
         auth: None,
     };
     let mut users = Vec::new();
-    for (k, other) in attach::other_records(&key, iscsi_of) {
-        if same_session(&other, &p) && attach::backend_alive(be, other.backend.as_deref())? {
+    for (k, other) in helper::other_records(&key, iscsi_of) {
+        if same_session(&other, &p) && helper::backend_alive(be, other.backend.as_deref())? {
             users.push(other.backend.unwrap_or(k));
         }
     }
@@ -475,11 +474,11 @@ pub fn remove(be: &Backend) -> Result<()> {
             watchdog::phase("flushing the multipath map");
             steps.run(
                 &format!("flushing multipath map {map}"),
-                flush_map(map, &deadline.at_least(attach::STEP_FLOOR)),
+                flush_map(map, &deadline.at_least(helper::STEP_FLOOR)),
             );
         }
         watchdog::phase("logging out of the iSCSI target");
-        let d = deadline.at_least(attach::STEP_FLOOR);
+        let d = deadline.at_least(helper::STEP_FLOOR);
         let r = match rec.sid {
             Some(sid) => logout_sid(sid, &iqn, &portal, &d),
             None => logout_node(&p, &d),
@@ -516,7 +515,7 @@ fn legacy_record(be: &Backend) -> Result<Option<record::Iscsi>> {
     let Some(params) = be.read("params")? else {
         return Ok(None);
     };
-    let p = iscsi::parse_params(&params).map_err(|e| anyhow!(e))?;
+    let p = parse::parse_params(&params)?;
     Ok(Some(record::Iscsi {
         backend: Some(be.path.path.clone()),
         iqn: p.iqn,

@@ -13,22 +13,21 @@
 //! add made (same `pid` in sysfs, same device number and disk sequence number); a device
 //! since disconnected and reused by someone else is left alone.
 
+pub mod parse;
+
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
 
+use crate::applet::helper::{self, Steps};
 use crate::backend::Backend;
-use crate::lock::Lock;
+use crate::lock::{self, Lock};
 use crate::log;
 use crate::mode::Mode;
 use crate::record::{self, Record};
-use crate::storage::nbd;
 use crate::tool::{self, Cmd, Deadline};
 use crate::watchdog;
 
-use super::attach::{self, Steps};
-
-const LOCK: &str = "block-nbd";
 /// Devices tried when others take the free ones first.
 const ATTEMPTS: usize = 3;
 
@@ -44,13 +43,13 @@ fn dev_path(index: u32) -> PathBuf {
 fn pid_of(index: u32) -> Option<u32> {
     std::fs::read_to_string(sys_dir(&format!("nbd{index}")).join("pid"))
         .ok()
-        .and_then(|t| nbd::parse_pid(&t))
+        .and_then(|t| parse::parse_pid(&t))
 }
 
 fn size_of(index: u32) -> Option<u64> {
     std::fs::read_to_string(sys_dir(&format!("nbd{index}")).join("size"))
         .ok()
-        .and_then(|t| nbd::parse_size(&t))
+        .and_then(|t| parse::parse_size(&t))
 }
 
 /// Every NBD device, and which of them are free, lowest first.
@@ -60,7 +59,7 @@ fn devices() -> Result<(usize, Vec<u32>)> {
         std::fs::read_dir(&dir).map_err(|e| anyhow!("cannot list {}: {e}", dir.display()))?;
     let mut all: Vec<u32> = entries
         .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(nbd::device_index))
+        .filter_map(|e| e.file_name().to_str().and_then(parse::device_index))
         .collect();
     all.sort_unstable();
     let free = all
@@ -72,14 +71,14 @@ fn devices() -> Result<(usize, Vec<u32>)> {
 }
 
 pub fn add(be: &Backend) -> Result<()> {
-    let Some(req) = attach::begin_add(be)? else {
+    let Some(req) = helper::begin_add(be)? else {
         return Ok(());
     };
-    let p = nbd::parse_params(&req.params).map_err(|e| anyhow!(e))?;
+    let p = parse::parse_params(&req.params)?;
     tool::find("nbd-client")?;
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = Lock::claim(LOCK)?;
+    let _lock = Lock::claim(lock::NBD)?;
     let deadline = req.budget.wait()?;
     let (count, free) = devices()?;
     if count == 0 {
@@ -111,7 +110,7 @@ pub fn add(be: &Backend) -> Result<()> {
         save(&rec)?;
         watchdog::phase("connecting to the NBD server");
         let cmd =
-            Cmd::new("nbd-client").args(nbd::connect_args(&p, &dev_s, req.mode == Mode::Read));
+            Cmd::new("nbd-client").args(parse::connect_args(&p, &dev_s, req.mode == Mode::Read));
         let out = match cmd.run(&deadline) {
             Ok(o) => o,
             Err(e) => {
@@ -153,17 +152,17 @@ pub fn add(be: &Backend) -> Result<()> {
         )?;
         let pid =
             pid_of(index).ok_or_else(|| anyhow!("{} is not connected any more", dev.display()))?;
-        let device = attach::block_device(&dev)?;
+        let device = helper::block_device(&dev)?;
         rec.pid = Some(pid);
         rec.device = Some(device.clone());
         save(&rec)?;
-        let _block = Lock::claim("block")?;
-        attach::check_sharing(
+        let _block = Lock::claim(lock::BLOCK)?;
+        helper::check_sharing(
             &req.scan,
             &format!("NBD device {} ({p})", device.path),
             &[device.rdev],
         )?;
-        attach::publish(be, Some(&device.path), &device)
+        helper::publish(be, Some(&device.path), &device)
     })();
     let Err(err) = result else {
         return Ok(());
@@ -174,24 +173,24 @@ pub fn add(be: &Backend) -> Result<()> {
     } else {
         let _ = record::delete(&req.key);
     }
-    Err(attach::with_undo_errors(err, undo))
+    Err(helper::with_undo_errors(err, undo))
 }
 
 fn disconnect(index: u32, d: &Deadline) -> Result<()> {
     let dev = dev_path(index).to_string_lossy().into_owned();
     Cmd::new("nbd-client")
-        .args(nbd::disconnect_args(&dev))
+        .args(parse::disconnect_args(&dev))
         .run_ok(d)
         .map(|_| ())
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let attach::RemoveStart {
+    let helper::RemoveStart {
         key,
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, |r| match r {
+    } = helper::begin_remove(be, lock::NBD, |r| match r {
         Record::Nbd(r) => Some(r),
         _ => None,
     })?;
@@ -208,12 +207,12 @@ pub fn remove(be: &Backend) -> Result<()> {
     let index = std::path::Path::new(&device)
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(nbd::device_index)
+        .and_then(parse::device_index)
         .ok_or_else(|| anyhow!("remove record {key}: bad device {device:?}"))?;
     let mut steps = Steps::default();
     watchdog::phase("disconnecting the NBD device");
     let r = match ours_still(index, &rec) {
-        Ok(true) => disconnect(index, &deadline.at_least(attach::STEP_FLOOR)),
+        Ok(true) => disconnect(index, &deadline.at_least(helper::STEP_FLOOR)),
         Ok(false) => Ok(()),
         Err(e) => Err(e),
     };
@@ -254,7 +253,7 @@ fn ours_still(index: u32, rec: &record::Nbd) -> Result<bool> {
         return Ok(false);
     }
     if let Some(rec_dev) = &rec.device
-        && let Ok(now) = attach::block_device(&device)
+        && let Ok(now) = helper::block_device(&device)
         && (now.rdev != rec_dev.rdev
             || (rec_dev.diskseq.is_some()
                 && now.diskseq.is_some()

@@ -10,23 +10,22 @@
 //! included) and no local mount still uses the device; drbd-utils' script demotes
 //! unconditionally, pulling the disk from under a guest that still uses it.
 
+pub mod parse;
+
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
 
+use self::parse::{Resource, Role};
+use crate::applet::helper::{self, Steps};
 use crate::backend::Backend;
-use crate::lock::Lock;
+use crate::lock::{self, Lock};
 use crate::log;
 use crate::mode::Mode;
 use crate::record::{self, Record};
 use crate::sharing::Scan;
-use crate::storage::drbd::{self, Resource, Role};
 use crate::tool::{Cmd, Deadline};
 use crate::watchdog;
-
-use super::attach::{self, Steps};
-
-const LOCK: &str = "block-drbd";
 
 fn drbdadm(cmd: &str, r: &Resource) -> Cmd {
     Cmd::new("drbdadm").args([cmd, &r.to_string()])
@@ -34,7 +33,7 @@ fn drbdadm(cmd: &str, r: &Resource) -> Cmd {
 
 fn role(r: &Resource, d: &Deadline) -> Result<Role> {
     let out = drbdadm("role", r).run_ok(d)?;
-    drbd::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
+    parse::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
 }
 
 /// The role, or `None` when the resource is down (DRBD 8 `Unconfigured`; DRBD 9
@@ -48,7 +47,7 @@ fn role_if_up(r: &Resource, d: &Deadline) -> Result<Option<Role>> {
         }
         return Err(cmd.failed(&out));
     }
-    match drbd::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))? {
+    match parse::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))? {
         Role::Unconfigured => Ok(None),
         role => Ok(Some(role)),
     }
@@ -56,14 +55,14 @@ fn role_if_up(r: &Resource, d: &Deadline) -> Result<Option<Role>> {
 
 fn sh_dev(r: &Resource, d: &Deadline) -> Result<String> {
     let out = drbdadm("sh-dev", r).run_ok(d)?;
-    drbd::parse_sh_dev(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
+    parse::parse_sh_dev(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
 }
 
 pub fn add(be: &Backend) -> Result<()> {
-    let Some(req) = attach::begin_add(be)? else {
+    let Some(req) = helper::begin_add(be)? else {
         return Ok(());
     };
-    let r = drbd::parse_params(&req.params).map_err(|e| anyhow!(e))?;
+    let r = parse::parse_params(&req.params)?;
     match req.ty.as_deref() {
         None | Some("drbd") | Some("phy") => {}
         Some(t) => {
@@ -74,7 +73,7 @@ pub fn add(be: &Backend) -> Result<()> {
     }
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = Lock::claim(LOCK)?;
+    let _lock = Lock::claim(lock::DRBD)?;
     let deadline = req.budget.wait()?;
     watchdog::phase("asking drbdadm");
     let before = role(&r, &deadline)?;
@@ -103,7 +102,7 @@ pub fn add(be: &Backend) -> Result<()> {
             rec.promoted = true;
             save(&rec)?;
         }
-        let dev = attach::block_device(Path::new(&dev_path))?;
+        let dev = helper::block_device(Path::new(&dev_path))?;
         rec.device = Some(dev.clone());
         save(&rec)?;
         // DRBD semantics: no read-only sharing between guests.
@@ -116,13 +115,13 @@ pub fn add(be: &Backend) -> Result<()> {
             frontend_uuid: req.scan.frontend_uuid.clone(),
             ..req.scan
         };
-        let _block = Lock::claim("block")?;
-        attach::check_sharing(
+        let _block = Lock::claim(lock::BLOCK)?;
+        helper::check_sharing(
             &scan,
             &format!("DRBD resource {r} ({})", dev.path),
             &[dev.rdev],
         )?;
-        attach::publish(be, None, &dev)
+        helper::publish(be, None, &dev)
     })();
     let Err(err) = result else {
         return Ok(());
@@ -134,16 +133,16 @@ pub fn add(be: &Backend) -> Result<()> {
     if undo.is_empty() {
         let _ = record::delete(&req.key);
     }
-    Err(attach::with_undo_errors(err, undo))
+    Err(helper::with_undo_errors(err, undo))
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let attach::RemoveStart {
+    let helper::RemoveStart {
         key,
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, |r| match r {
+    } = helper::begin_remove(be, lock::DRBD, |r| match r {
         Record::Drbd(r) => Some(r),
         _ => None,
     })?;
@@ -158,7 +157,7 @@ pub fn remove(be: &Backend) -> Result<()> {
                 ));
                 return Ok(());
             };
-            let r = drbd::parse_params(&params).map_err(|e| anyhow!(e))?;
+            let r = parse::parse_params(&params)?;
             record::Drbd {
                 backend: Some(be.path.path.clone()),
                 resource: r.to_string(),
@@ -168,9 +167,9 @@ pub fn remove(be: &Backend) -> Result<()> {
             }
         }
     };
-    let r = drbd::parse_params(&rec.resource).map_err(|e| anyhow!(e))?;
+    let r = parse::parse_params(&rec.resource)?;
     let mut steps = Steps::default();
-    let d = deadline.at_least(attach::STEP_FLOOR);
+    let d = deadline.at_least(helper::STEP_FLOOR);
     let r2 = (|| -> Result<()> {
         let dev_path = match &rec.dev_path {
             Some(p) => p.clone(),
@@ -178,7 +177,7 @@ pub fn remove(be: &Backend) -> Result<()> {
         };
         let rdev = match &rec.device {
             Some(dev) => dev.rdev,
-            None => match attach::block_device(Path::new(&dev_path)) {
+            None => match helper::block_device(Path::new(&dev_path)) {
                 Ok(dev) => dev.rdev,
                 Err(e) => {
                     log::debug(&format!("{dev_path}: {e:#}: nothing to demote"));
@@ -186,8 +185,8 @@ pub fn remove(be: &Backend) -> Result<()> {
                 }
             },
         };
-        let _block = Lock::claim("block")?;
-        let users = attach::other_users(be, rdev)?;
+        let _block = Lock::claim(lock::BLOCK)?;
+        let users = helper::other_users(be, rdev)?;
         if !users.is_empty() {
             log::debug(&format!(
                 "DRBD resource {r} ({dev_path}) is still used by {}: not demoting it",
