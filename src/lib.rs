@@ -11,7 +11,9 @@
 pub mod applet;
 pub mod backend;
 pub mod cli;
+pub mod deadline;
 pub mod devnum;
+pub mod exec;
 pub mod invocation;
 pub mod lock;
 pub mod log;
@@ -22,6 +24,5 @@ pub mod record;
 pub mod request;
 pub mod script;
 pub mod sharing;
-pub mod tool;
 pub mod watchdog;
 pub mod xs;

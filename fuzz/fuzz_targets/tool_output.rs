@@ -12,7 +12,7 @@ use xen_block_hotplug::os::netbsd_logic as nb;
 use xen_block_hotplug::applet::drbd::parse as drbd;
 use xen_block_hotplug::applet::iscsi::parse as iscsi;
 use xen_block_hotplug::applet::nbd::parse as nbd;
-use xen_block_hotplug::tool;
+use xen_block_hotplug::deadline;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
@@ -67,9 +67,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(nb::vnd_node(u), s);
     }
     let _ = nb::expand(s);
-    if let Ok(d) = tool::wait_from_env(Some(s)) {
+    if let Ok(d) = deadline::wait_from_env(Some(s)) {
         assert!(d > std::time::Duration::ZERO && d <= std::time::Duration::from_secs(3600));
-        let _ = tool::secs(d);
+        let _ = deadline::secs(d);
     }
     for w in s.split_whitespace() {
         if nb::is_disk_partition(w, s) {

@@ -1,15 +1,17 @@
-//! What `block-iscsi`, `block-nbd` and `block-drbd` share: reading the request, the time
-//! budget, the sharing check and node writing of `block`, the remove records, and a
-//! remove that runs every step and reports what failed.
+//! What `block-iscsi`, `block-nbd` and `block-drbd` share: the start of an add (`block`'s
+//! prologue, the run's budget) and of a remove (the helper's own lock, its record of the
+//! helper's kind), resolving the device a tool made, `block`'s sharing check and node
+//! writes, other records and other users of a device, and the undo and remove error
+//! handling (a remove runs every step and reports what failed).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
 use crate::backend::{Backend, Busy, busy};
+use crate::deadline::{Budget, Deadline};
 use crate::devnum::DevNum;
 use crate::lock::Lock;
 use crate::log;
@@ -17,53 +19,15 @@ use crate::mode::Mode;
 use crate::record::{self, Record};
 use crate::request::{AddNodes, Frontend};
 use crate::sharing::{self, Scan};
-use crate::tool::Deadline;
 use crate::watchdog;
 
-/// Time kept back from the run's watchdog for undoing a failed add.
-const UNDO_RESERVE: Duration = Duration::from_secs(8);
-/// Every remove step gets at least this long, even after earlier steps used up the time.
-pub const STEP_FLOOR: Duration = Duration::from_secs(2);
-
-/// The run's time: the watchdog ends the process at `start + watchdog::deadline()`.
-#[derive(Clone, Copy, Debug)]
-pub struct Budget {
-    start: Instant,
-    total: Duration,
-}
-
-impl Budget {
-    pub fn now() -> Budget {
-        Budget {
-            start: Instant::now(),
-            total: watchdog::deadline(),
-        }
-    }
-
-    fn left(&self) -> Duration {
-        self.total.saturating_sub(self.start.elapsed())
-    }
-
-    /// The deadline of the waits of this run: `XEN_BLOCK_HOTPLUG_WAIT` (default 20 s),
-    /// cut so that an undo still fits before the watchdog.
-    pub fn wait(&self) -> Result<Deadline> {
-        let ceiling = self.left().saturating_sub(UNDO_RESERVE).max(self.total / 4);
-        Deadline::configured(ceiling)
-    }
-
-    /// The deadline for undoing a failed add: what is left before the watchdog, less a
-    /// second to report.
-    pub fn undo(&self) -> Deadline {
-        Deadline::after(
-            self.left()
-                .saturating_sub(Duration::from_secs(1))
-                .max(Duration::from_millis(500)),
-        )
-    }
+/// The run's budget, ending when the watchdog would end the run.
+fn budget() -> Budget {
+    Budget::starting_now(watchdog::deadline())
 }
 
 /// What every helper's add reads first.
-pub struct Request<'a> {
+pub struct AddStart<'a> {
     pub params: String,
     /// The backend `type` node.
     pub ty: Option<String>,
@@ -90,7 +54,7 @@ pub fn begin_remove<R>(
     lock_name: &str,
     kind: fn(Record) -> Option<R>,
 ) -> Result<RemoveStart<R>> {
-    let budget = Budget::now();
+    let budget = budget();
     let key = be.path.record_key();
     // The lock first, so queueing behind another run does not use up our waits.
     let lock = Lock::claim(lock_name)?;
@@ -117,13 +81,13 @@ pub fn begin_remove<R>(
 
 /// Reads `params`, `mode` and the frontend with `block`'s prologue (`request`); `None`
 /// when `physical-device` is already there (libxl may call add twice: nothing to do).
-pub fn begin_add<'a>(be: &'a Backend<'a>) -> Result<Option<Request<'a>>> {
-    let budget = Budget::now();
+pub fn begin_add<'a>(be: &'a Backend<'a>) -> Result<Option<AddStart<'a>>> {
+    let budget = budget();
     let Some(nodes) = AddNodes::read(be)? else {
         return Ok(None);
     };
     let fe = Frontend::read(be, &nodes.mode)?;
-    Ok(Some(Request {
+    Ok(Some(AddStart {
         params: nodes.params,
         ty: nodes.ty,
         mode: fe.mode,

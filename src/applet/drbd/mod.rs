@@ -19,12 +19,13 @@ use anyhow::{Result, anyhow};
 use self::parse::{Resource, Role};
 use crate::applet::helper::{self, Steps};
 use crate::backend::Backend;
+use crate::deadline::{Deadline, STEP_FLOOR};
+use crate::exec::Cmd;
 use crate::lock::{self, Lock};
 use crate::log;
 use crate::mode::Mode;
 use crate::record::{self, Record};
 use crate::sharing::Scan;
-use crate::tool::{Cmd, Deadline};
 use crate::watchdog;
 
 fn drbdadm(cmd: &str, r: &Resource) -> Cmd {
@@ -169,7 +170,7 @@ pub fn remove(be: &Backend) -> Result<()> {
     };
     let r = parse::parse_params(&rec.resource)?;
     let mut steps = Steps::default();
-    let d = deadline.at_least(helper::STEP_FLOOR);
+    let d = deadline.at_least(STEP_FLOOR);
     let r2 = (|| -> Result<()> {
         let dev_path = match &rec.dev_path {
             Some(p) => p.clone(),

@@ -35,11 +35,12 @@ use anyhow::{Context, Result, anyhow};
 use self::parse::{Credentials, Params, Portal, Session};
 use crate::applet::helper::{self, Device, Steps};
 use crate::backend::{Backend, busy};
+use crate::deadline::{self, Deadline, STEP_FLOOR};
+use crate::exec::{self, Cmd};
 use crate::lock::{self, Lock};
 use crate::log;
 use crate::mode::Mode;
 use crate::record::{self, Record};
-use crate::tool::{self, Cmd, Deadline};
 use crate::watchdog;
 
 pub fn add(be: &Backend) -> Result<()> {
@@ -51,9 +52,9 @@ pub fn add(be: &Backend) -> Result<()> {
         Some(f) => Some(read_credentials(f)?),
         None => None,
     };
-    tool::find("iscsiadm")?;
+    exec::find("iscsiadm")?;
     if p.multipath {
-        tool::find("multipath")?;
+        exec::find("multipath")?;
     }
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
@@ -265,7 +266,7 @@ fn login(p: &Params, creds: Option<&Credentials>, d: &Deadline, done: &mut Done)
     // A login that fails half-way may still leave a session: look for it either way.
     done.login = true;
     let r = node_cmd(p).arg("--login").run_ok(d);
-    let sessions = list_sessions(&d.at_least(helper::STEP_FLOOR));
+    let sessions = list_sessions(&d.at_least(STEP_FLOOR));
     if let Ok(s) = &sessions
         && let [one] = parse::sessions_of(s, &p.iqn, &p.portal).as_slice()
     {
@@ -338,7 +339,7 @@ fn read_credentials(path: &str) -> Result<Credentials> {
 }
 
 fn by_path_dir() -> PathBuf {
-    tool::sys_path("/dev/disk/by-path")
+    exec::sys_path("/dev/disk/by-path")
 }
 
 /// Waits for this LUN's `/dev/disk/by-path` link and resolves it.
@@ -355,7 +356,7 @@ fn wait_for_disk(p: &Params, d: &Deadline) -> Result<Device> {
         p.iqn,
         parse::by_path_lun(p.lun)
     );
-    tool::wait_for(&what, d, || {
+    deadline::wait_for(&what, d, || {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(None);
         };
@@ -375,7 +376,7 @@ fn wait_for_disk(p: &Params, d: &Deadline) -> Result<Device> {
 fn wait_for_map(disk: &Device, d: &Deadline) -> Result<(String, Device)> {
     let devnum = format!("{}:{}", disk.rdev.major, disk.rdev.minor);
     let what = format!("waiting for a multipath map over {}", disk.path);
-    tool::wait_for(&what, d, || {
+    deadline::wait_for(&what, d, || {
         let out = Cmd::new("multipath")
             .args(["-ll", disk.path.as_str()])
             .run(d)?;
@@ -392,7 +393,7 @@ fn wait_for_map(disk: &Device, d: &Deadline) -> Result<(String, Device)> {
                 map.name
             ));
         }
-        let node = tool::sys_path("/dev/mapper").join(&map.name);
+        let node = exec::sys_path("/dev/mapper").join(&map.name);
         Ok(helper::block_device(&node).ok().map(|dev| (map.name, dev)))
     })
 }
@@ -474,11 +475,11 @@ pub fn remove(be: &Backend) -> Result<()> {
             watchdog::phase("flushing the multipath map");
             steps.run(
                 &format!("flushing multipath map {map}"),
-                flush_map(map, &deadline.at_least(helper::STEP_FLOOR)),
+                flush_map(map, &deadline.at_least(STEP_FLOOR)),
             );
         }
         watchdog::phase("logging out of the iSCSI target");
-        let d = deadline.at_least(helper::STEP_FLOOR);
+        let d = deadline.at_least(STEP_FLOOR);
         let r = match rec.sid {
             Some(sid) => logout_sid(sid, &iqn, &portal, &d),
             None => logout_node(&p, &d),

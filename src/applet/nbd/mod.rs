@@ -21,22 +21,23 @@ use anyhow::{Result, anyhow};
 
 use crate::applet::helper::{self, Steps};
 use crate::backend::Backend;
+use crate::deadline::{self, Deadline, STEP_FLOOR};
+use crate::exec::{self, Cmd};
 use crate::lock::{self, Lock};
 use crate::log;
 use crate::mode::Mode;
 use crate::record::{self, Record};
-use crate::tool::{self, Cmd, Deadline};
 use crate::watchdog;
 
 /// Devices tried when others take the free ones first.
 const ATTEMPTS: usize = 3;
 
 fn sys_dir(name: &str) -> PathBuf {
-    tool::sys_path("/sys/block").join(name)
+    exec::sys_path("/sys/block").join(name)
 }
 
 fn dev_path(index: u32) -> PathBuf {
-    tool::sys_path("/dev").join(format!("nbd{index}"))
+    exec::sys_path("/dev").join(format!("nbd{index}"))
 }
 
 /// The pid of device `nbd<index>`'s connection, `None` when it is not connected.
@@ -54,7 +55,7 @@ fn size_of(index: u32) -> Option<u64> {
 
 /// Every NBD device, and which of them are free, lowest first.
 fn devices() -> Result<(usize, Vec<u32>)> {
-    let dir = tool::sys_path("/sys/block");
+    let dir = exec::sys_path("/sys/block");
     let entries =
         std::fs::read_dir(&dir).map_err(|e| anyhow!("cannot list {}: {e}", dir.display()))?;
     let mut all: Vec<u32> = entries
@@ -75,7 +76,7 @@ pub fn add(be: &Backend) -> Result<()> {
         return Ok(());
     };
     let p = parse::parse_params(&req.params)?;
-    tool::find("nbd-client")?;
+    exec::find("nbd-client")?;
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
     let _lock = Lock::claim(lock::NBD)?;
@@ -84,7 +85,7 @@ pub fn add(be: &Backend) -> Result<()> {
     if count == 0 {
         return Err(anyhow!(
             "there are no NBD devices ({} has no nbd*): load the nbd module (modprobe nbd)",
-            tool::sys_path("/sys/block").display()
+            exec::sys_path("/sys/block").display()
         ));
     }
     if free.is_empty() {
@@ -142,7 +143,7 @@ pub fn add(be: &Backend) -> Result<()> {
     let result = (|| -> Result<()> {
         let dev = dev_path(index);
         watchdog::phase("waiting for the NBD device");
-        tool::wait_for(
+        deadline::wait_for(
             &format!(
                 "waiting for {} to get a size (connected to {p})",
                 dev.display()
@@ -212,7 +213,7 @@ pub fn remove(be: &Backend) -> Result<()> {
     let mut steps = Steps::default();
     watchdog::phase("disconnecting the NBD device");
     let r = match ours_still(index, &rec) {
-        Ok(true) => disconnect(index, &deadline.at_least(helper::STEP_FLOOR)),
+        Ok(true) => disconnect(index, &deadline.at_least(STEP_FLOOR)),
         Ok(false) => Ok(()),
         Err(e) => Err(e),
     };
