@@ -91,9 +91,9 @@ impl BackendPath {
         format!("{}/{}", self.path, name)
     }
 
-    /// A file-name-safe key for state kept outside xenstore, the same for the relative
+    /// A file-name-safe key for this backend's remove record (`record`), the same for the relative
     /// and the absolute spelling in dom0.
-    pub fn state_key(&self) -> String {
+    pub fn record_key(&self) -> String {
         let rel = match self.path.strip_prefix("/local/domain/") {
             Some(rest) => rest.split_once('/').map(|(_, r)| r).unwrap_or(rest),
             None => &self.path,
@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(backend.path, "backend/vbd/5/51712");
         assert_eq!(backend.type_dir, "backend/vbd");
         assert_eq!((backend.frontend, backend.devid), (5, 51712));
-        assert_eq!(backend.state_key(), "backend-vbd-5-51712");
+        assert_eq!(backend.record_key(), "backend-vbd-5-51712");
         assert_eq!(backend.node("params"), "backend/vbd/5/51712/params");
     }
 
@@ -306,7 +306,7 @@ mod tests {
         };
         assert_eq!(backend.path, "/local/domain/0/backend/vbd3/7/768");
         assert_eq!(backend.type_dir, "/local/domain/0/backend/vbd3");
-        assert_eq!(backend.state_key(), "backend-vbd3-7-768");
+        assert_eq!(backend.record_key(), "backend-vbd3-7-768");
     }
 
     #[test]
@@ -433,7 +433,7 @@ mod tests {
         assert_eq!(backend.path, "/local/domain/4/backend/vbd/3/768");
         assert_eq!(backend.type_dir, "/local/domain/4/backend/vbd");
         assert_eq!((backend.frontend, backend.devid), (3, 768));
-        assert_eq!(backend.state_key(), "backend-vbd-3-768");
+        assert_eq!(backend.record_key(), "backend-vbd-3-768");
         for bad in [
             "/local/domain/0/backend/vbd/3",
             "/local/domain/0/backend/vif/3/0",

@@ -22,6 +22,15 @@ use fs2::FileExt;
 
 pub const LOCK_DIR: &str = "/var/run/xen-hotplug";
 
+/// The global lock of `block` (and of Xen's shell scripts' `claim_lock block`): held for
+/// the sharing check and the node writes of every personality.
+pub const BLOCK: &str = "block";
+/// The storage helpers' own locks: each serialises its adds and removes among themselves
+/// (sessions, free devices, promotions), so a slow target never holds up other disks.
+pub const ISCSI: &str = "block-iscsi";
+pub const NBD: &str = "block-nbd";
+pub const DRBD: &str = "block-drbd";
+
 pub struct Lock {
     path: PathBuf,
     // Held for its flock; dropped after the unlink.
@@ -91,6 +100,7 @@ impl Drop for Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

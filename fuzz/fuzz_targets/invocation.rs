@@ -32,7 +32,7 @@ fn check(b: &BackendPath) {
         format!("/{}/{}", b.frontend, b.devid),
         "{p:?}"
     );
-    let key = b.state_key();
+    let key = b.record_key();
     assert!(
         !key.is_empty() && !key.contains('/') && !key.starts_with('.'),
         "{key:?}"

@@ -5,7 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xen_block_hotplug::storage::{drbd, iscsi, nbd};
+use xen_block_hotplug::applet::drbd::parse as drbd;
+use xen_block_hotplug::applet::iscsi::parse as iscsi;
+use xen_block_hotplug::applet::nbd::parse as nbd;
 
 fn clean(e: &str) {
     assert!(
@@ -28,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             }
             let _ = iscsi::by_path_lun(p.lun);
         }
-        Err(e) => clean(&e),
+        Err(e) => clean(&e.to_string()),
     }
     match nbd::parse_params(s) {
         Ok(p) => {
@@ -47,13 +49,13 @@ fuzz_target!(|data: &[u8]| {
             }
             let _ = p.to_string();
         }
-        Err(e) => clean(&e),
+        Err(e) => clean(&e.to_string()),
     }
     match drbd::parse_params(s) {
         Ok(r) => {
             assert!(!r.name.starts_with('-'));
             assert_eq!(drbd::parse_params(&r.to_string()), Ok(r));
         }
-        Err(e) => clean(&e),
+        Err(e) => clean(&e.to_string()),
     }
 });

@@ -10,8 +10,11 @@ use libfuzzer_sys::fuzz_target;
 use xen_block_hotplug::devnum::DevNum;
 use xen_block_hotplug::platform;
 use xen_block_hotplug::platform::netbsd::vnd as nb;
-use xen_block_hotplug::storage::{drbd, iscsi, nbd};
-use xen_block_hotplug::tool;
+use xen_block_hotplug::applet::drbd::parse as drbd;
+use xen_block_hotplug::applet::iscsi::parse as iscsi;
+use xen_block_hotplug::applet::nbd::parse as nbd;
+use xen_block_hotplug::deadline;
+>>>>>>> i10c
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
@@ -42,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
                     && v.trim().bytes().any(|b| b.is_ascii_digit())
                     && v.trim().bytes().any(|b| b.is_ascii_uppercase())
                 {
-                    assert!(!e.contains(v.trim()), "secret {v:?} in {e:?}");
+                    assert!(!e.to_string().contains(v.trim()), "secret {v:?} in {e:?}");
                 }
             }
         }
@@ -66,9 +69,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(nb::vnd_node(u), s);
     }
     let _ = platform::expand(s);
-    if let Ok(d) = tool::wait_from_env(Some(s)) {
+    if let Ok(d) = deadline::wait_from_env(Some(s)) {
         assert!(d > std::time::Duration::ZERO && d <= std::time::Duration::from_secs(3600));
-        let _ = tool::secs(d);
+        let _ = deadline::secs(d);
     }
     for w in s.split_whitespace() {
         if nb::is_disk_partition(w, s) {

@@ -25,13 +25,13 @@ use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
 use crate::platform::{Device, FileTarget, Identity, LegacyNodes, Platform, Target};
+use crate::record::Record;
 use crate::report::busy;
 use crate::request::{
     AddNodes, Frontend, read_only_file, read_only_file_because, refused_write, require_init_wait,
 };
 use crate::script::Script;
 use crate::sharing::{self, SharingCheck};
-use crate::state::Record;
 use crate::watchdog;
 
 /// The `block` lock's name, shared with upstream's `locking.sh` (interface doc §6).
@@ -130,13 +130,13 @@ fn add_file<P: Platform>(
     file: FileTarget,
 ) -> Result<()> {
     let lock = claim_lock(p)?;
-    let key = be.path.state_key();
+    let key = be.path.record_key();
     // A record for this backend path without a published device is an attach that never
     // finished (killed, or the backend was torn down and re-created): that device belongs
     // to no one now. Detach it (with its identity checks) instead of forgetting it.
     if let Some(old) = p.load_record(&key)? {
         log::err(&format!("{key}: cleaning up an unfinished earlier attach"));
-        p.detach_recorded(&key, &old)?;
+        p.detach_recorded(&old)?;
         p.delete_record(&key)?;
     }
     require_init_wait(be)?;
@@ -182,13 +182,9 @@ fn add_file<P: Platform>(
         }
     }
 
-    let mut rec = Record::default();
-    rec.set("kind", P::RECORD_KIND)
-        .set("backend", be.path.path.as_str())
-        .set("params", path);
     let save = |r: &Record| p.save_record(&key, r);
     let attached = p
-        .attach(&file, opened, read_only, &mut rec, &save)
+        .attach(&file, opened, read_only, &be.path.path, &save)
         .inspect_err(|_| {
             let _ = p.delete_record(&key);
         })?;
@@ -207,7 +203,7 @@ fn add_file<P: Platform>(
         let _ = p.delete_record(&key);
         e
     };
-    p.save_record(&key, &rec).map_err(undo)?;
+    p.save_record(&key, &attached.record).map_err(undo)?;
     let pd = p.format_physical_device(Identity::Dev(attached.rdev));
     be.write_dev(
         Some((P::ATTACHED_NODE, &attached.path)),
@@ -221,18 +217,18 @@ fn add_file<P: Platform>(
 }
 
 fn remove<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
-    let key = be.path.state_key();
+    let key = be.path.record_key();
     if let Some(rec) = p.load_record(&key)? {
-        if rec.get("kind") == Some(P::RECORD_KIND) {
+        if rec.kind() == P::RECORD_KIND {
             let _lock = claim_lock(p)?;
-            p.detach_recorded(&key, &rec)?;
+            p.detach_recorded(&rec)?;
             p.delete_record(&key)?;
         } else {
             // Written by another personality (block-iscsi, ...) for this backend: its own
             // remove undoes it, not ours.
             log::err(&format!(
                 "{key}: the record is a {} attachment, not a {}: left for its own script",
-                rec.get("kind").unwrap_or("unknown"),
+                rec.kind(),
                 P::RECORD_KIND
             ));
         }
@@ -620,8 +616,14 @@ mod tests {
                     );
                     assert_eq!(w.record().is_some(), made, "{what}: record");
                     if let Some(r) = w.record() {
-                        assert_eq!(r.get("kind"), Some(R::RECORD_KIND), "{what}");
-                        assert_eq!(r.get("node"), Some(path), "{what}");
+                        assert_eq!(r.kind(), R::RECORD_KIND, "{what}");
+                        let node = match &r {
+                            Record::Loop(l) => l.device.path.clone(),
+                            Record::Vnd(v) => v.node.clone().unwrap_or_default(),
+                            _ => String::new(),
+                        };
+                        assert_eq!(node, path, "{what}");
+                        assert_eq!(r.backend(), Some(BE), "{what}");
                     }
                     // Called again (libxl may): nothing changes.
                     let calls = w.p.calls().len();
@@ -746,13 +748,18 @@ mod tests {
         assert_eq!(w.p.made.borrow().len(), 1);
         // Another personality's record: left for its own script.
         let w = World::<LinuxRules>::new("foreign", IMG, "w");
-        let mut r = Record::default();
-        r.set("kind", "iscsi");
+        let r = Record::Nbd(crate::record::Nbd {
+            backend: Some(BE.into()),
+            server: None,
+            nbd: "/dev/nbd0".into(),
+            pid: None,
+            device: None,
+        });
         w.p.records.borrow_mut().insert("k".into(), r.clone());
         w.p.save_record(
             &BackendPath::parse(BE, "backend", "vbd")
                 .unwrap()
-                .state_key(),
+                .record_key(),
             &r,
         )
         .unwrap();
@@ -892,7 +899,7 @@ mod netbsd_tests {
                 .push(format!("vnconfig {r}{} {file}", vnd_node(unit)));
             assert!(
                 self.record()
-                    .is_some_and(|r| r.get("unit") == Some(&unit.to_string())),
+                    .is_some_and(|r| matches!(r, Record::Vnd(v) if v.unit == unit)),
                 "recorded before vnconfig"
             );
             if self.busy_units.contains(&unit) {
@@ -979,8 +986,11 @@ mod netbsd_tests {
         assert_eq!(node(&s, "physical-device").as_deref(), Some("3603")); // vnd1d
         assert_eq!(node(&s, "hotplug-status").as_deref(), Some("connected"));
         let rec = p.sys.record().unwrap();
-        assert_eq!(rec.get("unit"), Some("1"));
-        assert_eq!(rec.get("backing"), Some("113:12"));
+        let Record::Vnd(v) = rec else {
+            panic!("{rec:?}")
+        };
+        assert_eq!((v.unit, v.backing), (1, (0x71, 12)));
+        assert_eq!(v.node.as_deref(), Some("/dev/vnd1d"));
         // Called again (libxl never does, but a retry might): nothing happens.
         run(&p, &s, Action::Add).unwrap();
         assert_eq!(p.sys.calls().len(), 2);
@@ -1007,7 +1017,7 @@ mod netbsd_tests {
         let s = store(IMG, "w");
         run(&p, &s, Action::Add).unwrap();
         assert_eq!(node(&s, "vnd").as_deref(), Some("/dev/vnd3d"));
-        assert_eq!(p.sys.record().unwrap().get("unit"), Some("3"));
+        assert!(matches!(p.sys.record(), Some(Record::Vnd(v)) if v.unit == 3));
 
         let mut sys = fake("none");
         sys.busy_units = [1, 2, 3].into_iter().collect();

@@ -1,7 +1,17 @@
-//! The personalities this binary can be, and the dispatch to them. Applets sit above the
-//! sharing check, the backend and the records, which sit above the platform.
+//! The personalities this binary can be, and the dispatch to them: `block` (every OS,
+//! over the platform seam), and one module each for the storage helpers `block-iscsi`,
+//! `block-nbd` and `block-drbd` (params parser, flow, record kind), with `helper`, the
+//! plumbing they share. Each helper flow drives Linux tools (`iscsiadm`, `nbd-client`,
+//! `drbdadm`); it compiles on every OS so that the cross-target lints see it, and the
+//! dispatch decides where it runs. Applets sit above the sharing check, the backend and
+//! the records, which sit above the platform.
 
 pub mod block;
+pub mod drbd;
+pub mod helper;
+pub mod iscsi;
+pub mod nbd;
+pub mod parse;
 
 use anyhow::Result;
 use clap::ValueEnum;
@@ -46,7 +56,20 @@ pub fn run(personality: Personality, action: Action, be: &Backend, script: &Scri
     match personality {
         Personality::Block => block::run(&crate::platform::host(), action, be, script),
         #[cfg(target_os = "linux")]
-        helper => crate::os::storage_helper(helper, action, be),
+        Personality::Iscsi => match action {
+            Action::Add => iscsi::add(be),
+            Action::Remove => iscsi::remove(be),
+        },
+        #[cfg(target_os = "linux")]
+        Personality::Nbd => match action {
+            Action::Add => nbd::add(be),
+            Action::Remove => nbd::remove(be),
+        },
+        #[cfg(target_os = "linux")]
+        Personality::Drbd => match action {
+            Action::Add => drbd::add(be),
+            Action::Remove => drbd::remove(be),
+        },
         #[cfg(not(target_os = "linux"))]
         helper => anyhow::bail!(
             "{} is not supported on {}",

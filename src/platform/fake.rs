@@ -12,7 +12,7 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::devnum::DevNum;
 use crate::mountinfo::Mount;
-use crate::state::Record;
+use crate::record::{self, Record};
 
 use super::netbsd::vnd;
 use super::{
@@ -153,9 +153,29 @@ impl<R> Drop for Fake<R> {
     }
 }
 
-fn parse_backing(s: &str) -> Option<(u64, u64)> {
-    let (d, i) = s.split_once(':')?;
-    Some((d.parse().ok()?, i.parse().ok()?))
+/// The record of a made device, of the rules' kind: a loop on Linux (its backing
+/// `st_dev` as the minor of a `DevNum`), a vnd unit (the minor) on NetBSD.
+fn record_of<R: Rules>(backend: &str, file: &FileTarget, rdev: DevNum, node: &str) -> Record {
+    if R::RECORD_KIND == "vnd" {
+        Record::Vnd(record::Vnd {
+            backend: Some(backend.to_string()),
+            params: Some(file.path.clone()),
+            backing: (file.dev, file.ino),
+            unit: u32::try_from(rdev.minor).unwrap_or_default(),
+            node: Some(node.to_string()),
+        })
+    } else {
+        Record::Loop(record::Loop {
+            backend: Some(backend.to_string()),
+            params: Some(file.path.clone()),
+            backing: (DevNum::new(0, file.dev), file.ino),
+            device: record::Device {
+                path: node.to_string(),
+                rdev,
+                diskseq: None,
+            },
+        })
+    }
 }
 
 impl<R: Rules> Platform for Fake<R> {
@@ -253,7 +273,7 @@ impl<R: Rules> Platform for Fake<R> {
         file: &FileTarget,
         _opened: Opened,
         read_only: bool,
-        rec: &mut Record,
+        backend: &str,
         save: &dyn Fn(&Record) -> Result<()>,
     ) -> Result<Attached> {
         if !R::ATTACHES {
@@ -269,10 +289,8 @@ impl<R: Rules> Platform for Fake<R> {
             .unwrap_or_default();
         let rdev = DevNum::new(MADE_MAJOR, minor);
         let node = Self::made_node(rdev);
-        rec.set("backing", format!("{}:{}", file.dev, file.ino))
-            .set("node", node.as_str())
-            .set("rdev", rdev.to_linux_hex());
-        save(rec)?;
+        let rec = record_of::<R>(backend, file, rdev, &node);
+        save(&rec)?;
         self.call(format!("attach {node} {} ro={read_only}", file.path));
         self.made.borrow_mut().insert(rdev, (file.dev, file.ino));
         Ok(Attached {
@@ -280,6 +298,7 @@ impl<R: Rules> Platform for Fake<R> {
             rdev,
             diskseq: None,
             handle: None,
+            record: rec,
         })
     }
 
@@ -289,11 +308,12 @@ impl<R: Rules> Platform for Fake<R> {
         Ok(())
     }
 
-    fn detach_recorded(&self, key: &str, rec: &Record) -> Result<()> {
-        let rdev = DevNum::parse_linux_hex(rec.require("rdev")?)
-            .ok_or_else(|| anyhow!("record {key}: bad rdev"))?;
-        let backing = parse_backing(rec.require("backing")?)
-            .ok_or_else(|| anyhow!("record {key}: bad backing"))?;
+    fn detach_recorded(&self, rec: &Record) -> Result<()> {
+        let (rdev, backing) = match rec {
+            Record::Loop(l) => (l.device.rdev, (l.backing.0.minor, l.backing.1)),
+            Record::Vnd(v) => (DevNum::new(MADE_MAJOR, u64::from(v.unit)), v.backing),
+            other => return Err(anyhow!("not ours: {}", other.kind())),
+        };
         if self.made.borrow().get(&rdev) == Some(&backing) {
             self.call(format!("detach {}", Self::made_node(rdev)));
             self.made.borrow_mut().remove(&rdev);

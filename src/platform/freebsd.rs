@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::devnum::DevNum;
 use crate::mountinfo::Mount;
-use crate::state::Record;
+use crate::record::Record;
 
 use super::{
     Attached, Attachment, Device, FileTarget, Identity, LegacyNodes, Opened, Platform, Target,
@@ -65,7 +65,7 @@ pub fn stat_device(path: &str) -> Option<DevNum> {
 
 /// The FreeBSD platform: its mounts, how paths are identified, where the lock lives.
 pub struct FreeBsd {
-    pub mounts: Box<dyn Fn() -> Result<Vec<Mount>>>,
+    pub mounts: Box<dyn Fn() -> Result<Vec<Mount>> + Send + Sync>,
     pub stat: fn(&str) -> Option<Identity>,
     pub lock_dir: PathBuf,
 }
@@ -90,6 +90,7 @@ impl Platform for FreeBsd {
     const PUBLISHED: &'static str = "physical-device-path";
     const ATTACHED_NODE: &'static str = "node";
     const ATTACHED_VERB: &'static str = "is used through";
+    /// Never written (FreeBSD attaches nothing).
     const RECORD_KIND: &'static str = "none";
 
     fn classify(&self, params: &str) -> Result<Target> {
@@ -160,7 +161,7 @@ impl Platform for FreeBsd {
         _file: &FileTarget,
         _opened: Opened,
         _read_only: bool,
-        _rec: &mut Record,
+        _backend: &str,
         _save: &dyn Fn(&Record) -> Result<()>,
     ) -> Result<Attached> {
         Err(nothing_to_attach())
@@ -170,7 +171,7 @@ impl Platform for FreeBsd {
         Err(nothing_to_attach())
     }
 
-    fn detach_recorded(&self, _key: &str, _rec: &Record) -> Result<()> {
+    fn detach_recorded(&self, _rec: &Record) -> Result<()> {
         Err(nothing_to_attach())
     }
 

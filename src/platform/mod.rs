@@ -21,7 +21,7 @@ use anyhow::Result;
 
 use crate::devnum::DevNum;
 use crate::mountinfo::Mount;
-use crate::state::{self, Record};
+use crate::record::{self, Record};
 
 #[cfg(test)]
 pub mod fake;
@@ -124,6 +124,8 @@ pub struct Attached {
     pub diskseq: Option<u64>,
     /// The device held open (Linux: the loop fd), for an undo.
     pub handle: Option<File>,
+    /// The complete remove record of the attach, to be saved once it succeeded.
+    pub record: Record,
 }
 
 /// The nodes an attach by upstream's script (or by a version without records) left.
@@ -183,15 +185,15 @@ pub trait Platform {
     /// The devices whose use is a use of the attachment `dev` (itself, its partitions).
     fn related_to_attachment(&self, dev: DevNum) -> Vec<DevNum>;
 
-    /// Makes a device from `file`, filling `rec` (already holding kind, backend, params)
-    /// and calling `save` with it before the device is bound, so that a kill at any point
-    /// leaves a record that finds the device. On error nothing stays bound.
+    /// Makes a device from `file` for the backend `backend`, calling `save` with its
+    /// remove record (of `RECORD_KIND`) before the device is bound, so that a kill at any
+    /// point leaves a record that finds the device. On error nothing stays bound.
     fn attach(
         &self,
         file: &FileTarget,
         opened: Opened,
         read_only: bool,
-        rec: &mut Record,
+        backend: &str,
         save: &dyn Fn(&Record) -> Result<()>,
     ) -> Result<Attached>;
 
@@ -199,7 +201,8 @@ pub trait Platform {
     fn undo_attach(&self, attached: &Attached) -> Result<()>;
 
     /// Detaches the device a record of `RECORD_KIND` names, only if it is still ours.
-    fn detach_recorded(&self, key: &str, rec: &Record) -> Result<()>;
+    /// Errors for a record of another kind.
+    fn detach_recorded(&self, rec: &Record) -> Result<()>;
 
     /// Detaches a device attached without a record, named by `nodes`, only if it is still
     /// backed by `file` (when `params` still names one).
@@ -223,15 +226,15 @@ pub trait Platform {
         PathBuf::from(LOCK_DIR)
     }
 
-    /// The remove records (`state`): saved atomically, loaded, deleted.
+    /// The remove records (`record`): saved atomically, loaded, deleted.
     fn save_record(&self, key: &str, rec: &Record) -> Result<()> {
-        state::save(key, rec)
+        Ok(record::save(key, rec)?)
     }
     fn load_record(&self, key: &str) -> Result<Option<Record>> {
-        state::load(key)
+        Ok(record::load(key)?)
     }
     fn delete_record(&self, key: &str) -> Result<()> {
-        state::delete(key)
+        Ok(record::delete(key)?)
     }
 }
 
@@ -263,6 +266,14 @@ pub type Host = linux::Linux;
 pub type Host = netbsd::NetBsd<netbsd::Kernel>;
 #[cfg(target_os = "freebsd")]
 pub type Host = freebsd::FreeBsd;
+
+/// The device number of a path that is a block (FreeBSD: disk) device now, on this host.
+pub fn stat_device(path: &str) -> Option<DevNum> {
+    match host().stat_identity(path)? {
+        Identity::Dev(d) => Some(d),
+        Identity::File { .. } => None,
+    }
+}
 
 /// The running system's platform.
 pub fn host() -> Host {

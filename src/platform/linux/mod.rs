@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::devnum::DevNum;
 use crate::log;
 use crate::mountinfo::{self, Mount};
-use crate::state::Record;
+use crate::record::{self, Record};
 
 use super::{
     Attached, Attachment, Device, FileTarget, Identity, LegacyNodes, Opened, Platform, Target,
@@ -221,25 +221,34 @@ impl Platform for Linux {
         file: &FileTarget,
         opened: Opened,
         read_only: bool,
-        rec: &mut Record,
+        backend: &str,
         save: &dyn Fn(&Record) -> Result<()>,
     ) -> Result<Attached> {
         let backing = opened
             .file
             .ok_or_else(|| anyhow!("{} is not open", file.path))?;
-        rec.set("backing", format!("{}:{}", split_dev(file.dev), file.ino));
+        let mut rec = record::Loop {
+            backend: Some(backend.to_string()),
+            params: Some(file.path.clone()),
+            backing: (split_dev(file.dev), file.ino),
+            device: record::Device {
+                path: String::new(),
+                rdev: DevNum::new(0, 0),
+                diskseq: None,
+            },
+        };
         let (attached, loopfd) = loopdev::attach(&backing, &file.path, read_only, |node, rdev| {
-            rec.set("node", node).set("rdev", rdev.to_string());
-            save(rec)
+            rec.device.path = node.to_string();
+            rec.device.rdev = rdev;
+            save(&Record::Loop(rec.clone()))
         })?;
-        if let Some(seq) = attached.diskseq {
-            rec.set("diskseq", format!("{seq:x}"));
-        }
+        rec.device.diskseq = attached.diskseq;
         Ok(Attached {
             path: attached.path,
             rdev: attached.rdev,
             diskseq: attached.diskseq,
             handle: Some(loopfd),
+            record: Record::Loop(rec),
         })
     }
 
@@ -250,26 +259,16 @@ impl Platform for Linux {
         }
     }
 
-    fn detach_recorded(&self, key: &str, rec: &Record) -> Result<()> {
-        let rdev = DevNum::parse_linux_hex(rec.require("rdev")?)
-            .ok_or_else(|| anyhow!("record {key}: bad rdev"))?;
-        let (bdev, bino) = rec
-            .require("backing")?
-            .rsplit_once(':')
-            .and_then(|(d, i)| Some((DevNum::parse_linux_hex(d)?, i.parse::<u64>().ok()?)))
-            .ok_or_else(|| anyhow!("record {key}: bad backing"))?;
-        let diskseq = match rec.get("diskseq") {
-            Some(s) => {
-                Some(u64::from_str_radix(s, 16).map_err(|_| anyhow!("record {key}: bad diskseq"))?)
-            }
-            None => None,
+    fn detach_recorded(&self, rec: &Record) -> Result<()> {
+        let Record::Loop(l) = rec else {
+            bail!("a remove record of kind {} is not a loop", rec.kind());
         };
         let attached = loopdev::Attached {
-            path: rec.require("node")?.to_string(),
-            rdev,
-            diskseq,
+            path: l.device.path.clone(),
+            rdev: l.device.rdev,
+            diskseq: l.device.diskseq,
         };
-        detach(&attached, (bdev, bino))
+        detach(&attached, l.backing)
     }
 
     /// A loop attached without a record (by upstream's script, or before an upgrade):

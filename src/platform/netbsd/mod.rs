@@ -21,7 +21,7 @@ use anyhow::{Result, anyhow, bail};
 use crate::devnum::DevNum;
 use crate::log;
 use crate::mountinfo::Mount;
-use crate::state::{self, Record};
+use crate::record::{self, Record};
 
 use super::{
     Attached, Attachment, Device, FileTarget, Identity, LegacyNodes, Opened, Platform, Target,
@@ -60,13 +60,13 @@ pub trait Sys {
     }
     /// The remove records.
     fn save_record(&self, key: &str, rec: &Record) -> Result<()> {
-        state::save(key, rec)
+        Ok(record::save(key, rec)?)
     }
     fn load_record(&self, key: &str) -> Result<Option<Record>> {
-        state::load(key)
+        Ok(record::load(key)?)
     }
     fn delete_record(&self, key: &str) -> Result<()> {
-        state::delete(key)
+        Ok(record::delete(key)?)
     }
 }
 
@@ -100,11 +100,6 @@ impl<S: Sys> NetBsd<S> {
             }
         }
     }
-}
-
-fn parse_backing(s: &str) -> Option<(u64, u64)> {
-    let (d, i) = s.split_once(':')?;
-    Some((d.parse().ok()?, i.parse().ok()?))
 }
 
 impl<S: Sys> Platform for NetBsd<S> {
@@ -180,7 +175,7 @@ impl<S: Sys> Platform for NetBsd<S> {
         file: &FileTarget,
         _opened: Opened,
         read_only: bool,
-        rec: &mut Record,
+        backend: &str,
         save: &dyn Fn(&Record) -> Result<()>,
     ) -> Result<Attached> {
         let path = &file.path;
@@ -191,14 +186,21 @@ impl<S: Sys> Platform for NetBsd<S> {
             &vnd_units_with_nodes(entries.iter().map(String::as_str)),
             &in_use,
         );
-        rec.set("backing", format!("{}:{}", backing.0, backing.1));
+        let mut rec = record::Vnd {
+            backend: Some(backend.to_string()),
+            params: Some(path.clone()),
+            backing,
+            unit: 0,
+            node: None,
+        };
         let mut unit = None;
         let mut last_err: Option<anyhow::Error> = None;
         for u in free {
             // Recorded before vnconfig runs, so a kill at any point leaves a record that
             // finds the unit (remove checks the backing before unconfiguring).
-            rec.set("unit", u.to_string()).set("node", vnd_node(u));
-            save(rec)?;
+            rec.unit = u;
+            rec.node = Some(vnd_node(u));
+            save(&Record::Vnd(rec.clone()))?;
             if let Err(e) = self.sys.vnconfig(u, path, read_only) {
                 log::debug(&format!("vnd{u}: {e:#}"));
                 last_err = Some(e);
@@ -241,6 +243,7 @@ impl<S: Sys> Platform for NetBsd<S> {
             rdev,
             diskseq: None,
             handle: None,
+            record: Record::Vnd(rec),
         })
     }
 
@@ -250,14 +253,11 @@ impl<S: Sys> Platform for NetBsd<S> {
         self.sys.vnunconfig(unit)
     }
 
-    fn detach_recorded(&self, key: &str, rec: &Record) -> Result<()> {
-        let unit: u32 = rec
-            .require("unit")?
-            .parse()
-            .map_err(|_| anyhow!("record {key}: bad unit"))?;
-        let backing = parse_backing(rec.require("backing")?)
-            .ok_or_else(|| anyhow!("record {key}: bad backing"))?;
-        self.unconfigure(unit, Some(backing))
+    fn detach_recorded(&self, rec: &Record) -> Result<()> {
+        let Record::Vnd(v) = rec else {
+            bail!("a remove record of kind {} is not a vnd", rec.kind());
+        };
+        self.unconfigure(v.unit, Some(v.backing))
     }
 
     /// Configured by upstream's script (or before an upgrade): trust the `vnd` node, but

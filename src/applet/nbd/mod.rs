@@ -13,54 +13,54 @@
 //! add made (same `pid` in sysfs, same device number and disk sequence number); a device
 //! since disconnected and reused by someone else is left alone.
 
+pub mod parse;
+
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
 
+use crate::applet::helper::{self, Steps};
 use crate::backend::Backend;
+use crate::deadline::{self, Deadline, STEP_FLOOR};
+use crate::exec::{self, Cmd};
+use crate::lock;
 use crate::log;
 use crate::mode::Mode;
-use crate::state::{self, Record};
-use crate::storage::nbd;
-use crate::tool::{self, Cmd, Deadline};
+use crate::record::{self, Record};
 use crate::watchdog;
 
-use super::attach::{self, Steps};
-
-const LOCK: &str = "block-nbd";
-const KIND: &str = "nbd";
 /// Devices tried when others take the free ones first.
 const ATTEMPTS: usize = 3;
 
 fn sys_dir(name: &str) -> PathBuf {
-    tool::sys_path("/sys/block").join(name)
+    exec::sys_path("/sys/block").join(name)
 }
 
 fn dev_path(index: u32) -> PathBuf {
-    tool::sys_path("/dev").join(format!("nbd{index}"))
+    exec::sys_path("/dev").join(format!("nbd{index}"))
 }
 
 /// The pid of device `nbd<index>`'s connection, `None` when it is not connected.
 fn pid_of(index: u32) -> Option<u32> {
     std::fs::read_to_string(sys_dir(&format!("nbd{index}")).join("pid"))
         .ok()
-        .and_then(|t| nbd::parse_pid(&t))
+        .and_then(|t| parse::parse_pid(&t))
 }
 
 fn size_of(index: u32) -> Option<u64> {
     std::fs::read_to_string(sys_dir(&format!("nbd{index}")).join("size"))
         .ok()
-        .and_then(|t| nbd::parse_size(&t))
+        .and_then(|t| parse::parse_size(&t))
 }
 
 /// Every NBD device, and which of them are free, lowest first.
 fn devices() -> Result<(usize, Vec<u32>)> {
-    let dir = tool::sys_path("/sys/block");
+    let dir = exec::sys_path("/sys/block");
     let entries =
         std::fs::read_dir(&dir).map_err(|e| anyhow!("cannot list {}: {e}", dir.display()))?;
     let mut all: Vec<u32> = entries
         .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(nbd::device_index))
+        .filter_map(|e| e.file_name().to_str().and_then(parse::device_index))
         .collect();
     all.sort_unstable();
     let free = all
@@ -72,20 +72,20 @@ fn devices() -> Result<(usize, Vec<u32>)> {
 }
 
 pub fn add(be: &Backend) -> Result<()> {
-    let Some(req) = attach::begin_add(be)? else {
+    let Some(req) = helper::begin_add(be)? else {
         return Ok(());
     };
-    let p = nbd::parse_params(&req.params).map_err(|e| anyhow!(e))?;
-    tool::find("nbd-client")?;
+    let p = parse::parse_params(&req.params)?;
+    exec::find("nbd-client")?;
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = watchdog::lock(LOCK)?;
+    let _lock = watchdog::lock(lock::NBD)?;
     let deadline = req.budget.wait()?;
     let (count, free) = devices()?;
     if count == 0 {
         return Err(anyhow!(
             "there are no NBD devices ({} has no nbd*): load the nbd module (modprobe nbd)",
-            tool::sys_path("/sys/block").display()
+            exec::sys_path("/sys/block").display()
         ));
     }
     if free.is_empty() {
@@ -94,26 +94,30 @@ pub fn add(be: &Backend) -> Result<()> {
              (more with modprobe nbd nbds_max=<n>)"
         ));
     }
-    let mut rec = Record::default();
-    rec.set("kind", KIND)
-        .set("backend", be.path.path.as_str())
-        .set("server", p.to_string());
+    let mut rec = record::Nbd {
+        backend: Some(be.path.path.clone()),
+        server: Some(p.to_string()),
+        nbd: String::new(),
+        pid: None,
+        device: None,
+    };
+    let save = |rec: &record::Nbd| record::save(&req.key, &Record::Nbd(rec.clone()));
     let mut connected = None;
     for &index in free.iter().take(ATTEMPTS) {
         let dev = dev_path(index);
         let dev_s = dev.to_string_lossy().into_owned();
-        rec.set("device", dev_s.as_str());
+        rec.nbd = dev_s.clone();
         // Saved before connecting, so a run killed after it still finds the device.
-        state::save(&req.key, &rec)?;
+        save(&rec)?;
         watchdog::phase("connecting to the NBD server");
         let cmd =
-            Cmd::new("nbd-client").args(nbd::connect_args(&p, &dev_s, req.mode == Mode::Read));
+            Cmd::new("nbd-client").args(parse::connect_args(&p, &dev_s, req.mode == Mode::Read));
         let out = match cmd.run(&deadline) {
             Ok(o) => o,
             Err(e) => {
                 // Timed out or not run: disconnect whatever half-made connection is left.
                 let _ = disconnect(index, &req.budget.undo());
-                let _ = state::delete(&req.key);
+                let _ = record::delete(&req.key);
                 return Err(e.context(format!("cannot connect {dev_s} to {p}")));
             }
         };
@@ -127,11 +131,11 @@ pub fn add(be: &Backend) -> Result<()> {
             ));
             continue;
         }
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
         return Err(cmd.failed(&out).context(format!("cannot connect to {p}")));
     }
     let Some(index) = connected else {
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
         return Err(anyhow!(
             "other programs took every free NBD device this run tried"
         ));
@@ -139,7 +143,7 @@ pub fn add(be: &Backend) -> Result<()> {
     let result = (|| -> Result<()> {
         let dev = dev_path(index);
         watchdog::phase("waiting for the NBD device");
-        tool::wait_for(
+        deadline::wait_for(
             &format!(
                 "waiting for {} to get a size (connected to {p})",
                 dev.display()
@@ -149,17 +153,17 @@ pub fn add(be: &Backend) -> Result<()> {
         )?;
         let pid =
             pid_of(index).ok_or_else(|| anyhow!("{} is not connected any more", dev.display()))?;
-        let device = attach::block_device(&dev)?;
-        rec.set("pid", pid.to_string());
-        attach::record_device(&mut rec, &device);
-        state::save(&req.key, &rec)?;
-        let _block = watchdog::lock("block")?;
-        attach::check_sharing(
+        let device = helper::block_device(&dev)?;
+        rec.pid = Some(pid);
+        rec.device = Some(device.clone());
+        save(&rec)?;
+        let _block = watchdog::lock(lock::BLOCK)?;
+        helper::check_sharing(
             &req.scan,
             &format!("NBD device {} ({p})", device.path),
             &[device.rdev],
         )?;
-        attach::publish(be, Some(&device.path), &device)
+        helper::publish(be, Some(&device.path), &device)
     })();
     let Err(err) = result else {
         return Ok(());
@@ -168,26 +172,29 @@ pub fn add(be: &Backend) -> Result<()> {
     if let Err(e) = disconnect(index, &req.budget.undo()) {
         undo.push(format!("{e:#}"));
     } else {
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
     }
-    Err(attach::with_undo_errors(err, undo))
+    Err(helper::with_undo_errors(err, undo))
 }
 
 fn disconnect(index: u32, d: &Deadline) -> Result<()> {
     let dev = dev_path(index).to_string_lossy().into_owned();
     Cmd::new("nbd-client")
-        .args(nbd::disconnect_args(&dev))
+        .args(parse::disconnect_args(&dev))
         .run_ok(d)
         .map(|_| ())
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let attach::RemoveStart {
+    let helper::RemoveStart {
         key,
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, KIND)?;
+    } = helper::begin_remove(be, lock::NBD, |r| match r {
+        Record::Nbd(r) => Some(r),
+        _ => None,
+    })?;
     let Some(rec) = rec else {
         // Upstream's block-nbd never attached anything under libxl, so a device without
         // our record is not ours to disconnect.
@@ -197,34 +204,37 @@ pub fn remove(be: &Backend) -> Result<()> {
         ));
         return Ok(());
     };
-    let device = rec.require("device")?.to_string();
+    let device = rec.nbd.clone();
     let index = std::path::Path::new(&device)
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(nbd::device_index)
+        .and_then(parse::device_index)
         .ok_or_else(|| anyhow!("remove record {key}: bad device {device:?}"))?;
     let mut steps = Steps::default();
     watchdog::phase("disconnecting the NBD device");
     let r = match ours_still(index, &rec) {
-        Ok(true) => disconnect(index, &deadline.at_least(attach::STEP_FLOOR)),
+        Ok(true) => disconnect(index, &deadline.at_least(STEP_FLOOR)),
         Ok(false) => Ok(()),
         Err(e) => Err(e),
     };
     steps.run(&format!("disconnecting {device}"), r);
     if steps.ok() {
-        steps.run("deleting the remove record", state::delete(&key));
+        steps.run(
+            "deleting the remove record",
+            record::delete(&key).map_err(Into::into),
+        );
     }
     steps.finish()
 }
 
 /// Whether `nbd<index>` is still the connection the record describes.
-fn ours_still(index: u32, rec: &Record) -> Result<bool> {
+fn ours_still(index: u32, rec: &record::Nbd) -> Result<bool> {
     let device = dev_path(index);
     let Some(pid) = pid_of(index) else {
         log::debug(&format!("{} is already disconnected", device.display()));
         return Ok(false);
     };
-    let Some(rec_pid) = rec.get("pid").and_then(|p| p.parse::<u32>().ok()) else {
+    let Some(rec_pid) = rec.pid else {
         // Killed between connecting and recording: the connection can only be ours if
         // nobody else could have connected it since, and the lock says nobody did; but
         // a device reconnected after a reboot-less crash cannot be told apart. Leave it.
@@ -243,9 +253,12 @@ fn ours_still(index: u32, rec: &Record) -> Result<bool> {
         ));
         return Ok(false);
     }
-    if let Some((_, rdev, seq)) = attach::recorded_device(rec)
-        && let Ok(now) = attach::block_device(&device)
-        && (now.rdev != rdev || (seq.is_some() && now.diskseq.is_some() && now.diskseq != seq))
+    if let Some(rec_dev) = &rec.device
+        && let Ok(now) = helper::block_device(&device)
+        && (now.rdev != rec_dev.rdev
+            || (rec_dev.diskseq.is_some()
+                && now.diskseq.is_some()
+                && now.diskseq != rec_dev.diskseq))
     {
         log::err(&format!(
             "not disconnecting {}: it is not the device this attach published \

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use super::shown;
+use crate::applet::parse::{ParseError, fail, shown};
 
 /// A DRBD resource, optionally one volume of it (`r0/1`, as `drbdadm` accepts).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,10 +28,10 @@ impl fmt::Display for Resource {
 }
 
 /// `params`: `[drbd:]<resource>[/<volume>]`.
-pub fn parse_params(raw: &str) -> Result<Resource, String> {
-    let s = super::strip_legacy_prefix(raw, "drbd");
+pub fn parse_params(raw: &str) -> Result<Resource, ParseError> {
+    let s = crate::applet::parse::strip_legacy_prefix(raw, "drbd");
     if s.is_empty() {
-        return Err("params is empty: expected a DRBD resource name".to_string());
+        return fail("params is empty: expected a DRBD resource name");
     }
     let (name, vol) = match s.split_once('/') {
         Some((n, v)) => (n, Some(v)),
@@ -45,7 +45,7 @@ pub fn parse_params(raw: &str) -> Result<Resource, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'));
     if !ok {
-        return Err(format!(
+        return fail(format!(
             "params {} is not a DRBD resource name (letters, digits, _ - . +)",
             shown(name)
         ));
@@ -90,7 +90,7 @@ impl fmt::Display for Role {
 
 /// The local role from `drbdadm role` output. Several lines (DRBD 8.4 with several
 /// volumes) must agree.
-pub fn parse_role(out: &str) -> Result<Role, String> {
+pub fn parse_role(out: &str) -> Result<Role, ParseError> {
     let mut role = None;
     for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let local = line.split('/').next().unwrap_or(line);
@@ -99,29 +99,28 @@ pub fn parse_role(out: &str) -> Result<Role, String> {
             "Secondary" => Role::Secondary,
             "Unknown" => Role::Unknown,
             "Unconfigured" => {
-                return Err(
+                return fail(
                     "the resource is not configured (drbdadm says Unconfigured): \
-                            bring it up first (drbdadm up)"
-                        .to_string(),
+                            bring it up first (drbdadm up)",
                 );
             }
-            _ => return Err(format!("unexpected drbdadm role output {}", shown(line))),
+            _ => return fail(format!("unexpected drbdadm role output {}", shown(line))),
         };
         match role {
             None => role = Some(r),
             Some(prev) if prev == r => {}
             Some(prev) => {
-                return Err(format!(
+                return fail(format!(
                     "drbdadm role reports both {prev} and {r}: name one volume (<resource>/<volume>)"
                 ));
             }
         }
     }
-    role.ok_or_else(|| "drbdadm role printed nothing".to_string())
+    role.ok_or_else(|| "drbdadm role printed nothing".into())
 }
 
 /// The one device of `drbdadm sh-dev` output.
-pub fn parse_sh_dev(out: &str) -> Result<String, String> {
+pub fn parse_sh_dev(out: &str) -> Result<String, ParseError> {
     let devs: Vec<&str> = out
         .lines()
         .map(str::trim)
@@ -129,12 +128,12 @@ pub fn parse_sh_dev(out: &str) -> Result<String, String> {
         .collect();
     match devs[..] {
         [d] if d.starts_with('/') && !d.contains(char::is_whitespace) => Ok(d.to_string()),
-        [d] => Err(format!(
+        [d] => fail(format!(
             "drbdadm sh-dev printed {}, not a device path",
             shown(d)
         )),
-        [] => Err("drbdadm sh-dev printed no device".to_string()),
-        _ => Err(format!(
+        [] => fail("drbdadm sh-dev printed no device"),
+        _ => fail(format!(
             "the resource has {} volumes ({}): name one as <resource>/<volume>",
             devs.len(),
             devs.join(", ")
@@ -165,7 +164,7 @@ mod tests {
             ("r0/01", "params volume"),
             ("/dev/drbd0", "not a DRBD resource name"),
         ] {
-            let e = parse_params(bad).unwrap_err();
+            let e = parse_params(bad).unwrap_err().to_string();
             assert!(e.contains(want), "{bad:?}: {e}");
         }
     }
@@ -187,11 +186,13 @@ mod tests {
         assert!(
             parse_role("Unconfigured\n")
                 .unwrap_err()
+                .to_string()
                 .contains("drbdadm up")
         );
         assert!(
             parse_role("Primary/Secondary\nSecondary/Secondary\n")
                 .unwrap_err()
+                .to_string()
                 .contains("name one volume")
         );
         assert!(parse_role("").is_err());
@@ -202,7 +203,9 @@ mod tests {
     fn sh_dev() {
         // drbd-utils 9.22 `drbdadm sh-dev r0` and a two-volume resource.
         assert_eq!(parse_sh_dev("/dev/drbd7\n").unwrap(), "/dev/drbd7");
-        let e = parse_sh_dev("/dev/drbd10\n/dev/drbd11\n").unwrap_err();
+        let e = parse_sh_dev("/dev/drbd10\n/dev/drbd11\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("2 volumes") && e.contains("<resource>/<volume>"),
             "{e}"

@@ -25,45 +25,45 @@
 //! log or to an error message. Discovery authentication, if the target wants it, belongs
 //! in `/etc/iscsi/iscsid.conf`.
 
+pub mod parse;
+
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 
+use self::parse::{Credentials, Params, Portal, Session};
+use crate::applet::helper::{self, Device, Steps};
 use crate::backend::Backend;
+use crate::deadline::{self, Deadline, STEP_FLOOR};
+use crate::exec::{self, Cmd};
+use crate::lock;
 use crate::log;
 use crate::mode::Mode;
+use crate::record::{self, Record};
 use crate::report::busy;
-use crate::state::{self, Record};
-use crate::storage::iscsi::{self, Credentials, Params, Portal, Session};
-use crate::tool::{self, Cmd, Deadline};
 use crate::watchdog;
 
-use super::attach::{self, Device, Steps};
-
-const LOCK: &str = "block-iscsi";
-const KIND: &str = "iscsi";
-
 pub fn add(be: &Backend) -> Result<()> {
-    let Some(req) = attach::begin_add(be)? else {
+    let Some(req) = helper::begin_add(be)? else {
         return Ok(());
     };
-    let p = iscsi::parse_params(&req.params).map_err(|e| anyhow!(e))?;
+    let p = parse::parse_params(&req.params)?;
     let creds = match &p.auth {
         Some(f) => Some(read_credentials(f)?),
         None => None,
     };
-    tool::find("iscsiadm")?;
+    exec::find("iscsiadm")?;
     if p.multipath {
-        tool::find("multipath")?;
+        exec::find("multipath")?;
     }
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = watchdog::lock(LOCK)?;
+    let _lock = watchdog::lock(lock::ISCSI)?;
     let deadline = req.budget.wait()?;
     watchdog::phase("listing iSCSI sessions");
     let sessions = list_sessions(&deadline)?;
-    let open = iscsi::sessions_of(&sessions, &p.iqn, &p.portal);
+    let open = parse::sessions_of(&sessions, &p.iqn, &p.portal);
     let reuse = match open.as_slice() {
         [] => None,
         [s] if req.mode == Mode::Read && shared_read_only(be, &req.key, &p, s.sid)? => {
@@ -81,26 +81,28 @@ pub fn add(be: &Backend) -> Result<()> {
             )));
         }
     };
-    let mut rec = Record::default();
-    rec.set("kind", KIND)
-        .set("backend", be.path.path.as_str())
-        .set("iqn", p.iqn.as_str())
-        .set("portal", p.portal.to_string())
-        .set("lun", p.lun.to_string())
-        .set("mode", req.mode.as_str());
-    if let Some(i) = &p.iface {
-        rec.set("iface", i.as_str());
-    }
+    let mut rec = record::Iscsi {
+        backend: Some(be.path.path.clone()),
+        iqn: p.iqn.clone(),
+        portal: p.portal.socket_addr(),
+        lun: p.lun,
+        mode: req.mode,
+        iface: p.iface.clone(),
+        sid: None,
+        multipath: None,
+        device: None,
+    };
+    let save = |rec: &record::Iscsi| record::save(&req.key, &Record::Iscsi(rec.clone()));
     // Saved before login, so a run killed after it still finds the session on remove.
-    state::save(&req.key, &rec)?;
+    save(&rec)?;
     let mut done = Done::default();
     let result = (|| -> Result<()> {
         let sid = match reuse {
             Some(sid) => sid,
             None => {
                 let sid = login(&p, creds.as_ref(), &deadline, &mut done)?;
-                rec.set("sid", sid.to_string());
-                state::save(&req.key, &rec)?;
+                rec.sid = Some(sid);
+                save(&rec)?;
                 sid
             }
         };
@@ -111,22 +113,22 @@ pub fn add(be: &Backend) -> Result<()> {
         let dev = if p.multipath {
             watchdog::phase("waiting for the multipath map");
             let (name, dev) = wait_for_map(&disk, &deadline)?;
-            rec.set("multipath", name.as_str());
+            rec.multipath = Some(name.clone());
             done.map = Some(name);
             devs.insert(0, dev.rdev);
             dev
         } else {
             disk
         };
-        attach::record_device(&mut rec, &dev);
-        state::save(&req.key, &rec)?;
-        let _block = watchdog::lock("block")?;
-        attach::check_sharing(
+        rec.device = Some(dev.clone());
+        save(&rec)?;
+        let _block = watchdog::lock(lock::BLOCK)?;
+        helper::check_sharing(
             &req.scan,
             &format!("iSCSI LUN {} of {} ({})", p.lun, p.iqn, dev.path),
             &devs,
         )?;
-        attach::publish(be, None, &dev)
+        helper::publish(be, None, &dev)
     })();
     let Err(err) = result else {
         return Ok(());
@@ -151,9 +153,9 @@ pub fn add(be: &Backend) -> Result<()> {
         }
     }
     if undo.is_empty() {
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
     }
-    Err(attach::with_undo_errors(err, undo))
+    Err(helper::with_undo_errors(err, undo))
 }
 
 /// What this add did, for the undo.
@@ -167,12 +169,12 @@ struct Done {
 
 /// Whether another live vbd of ours uses session `sid` for the same LUN read-only.
 fn shared_read_only(be: &Backend, own_key: &str, p: &Params, sid: u32) -> Result<bool> {
-    for (_, rec) in attach::other_records(KIND, own_key) {
+    for (_, rec) in helper::other_records(own_key, iscsi_of) {
         if same_session(&rec, p)
-            && rec.get("lun") == Some(&p.lun.to_string())
-            && rec.get("mode") == Some("r")
-            && rec.get("sid") == Some(&sid.to_string())
-            && attach::backend_alive(be, &rec)?
+            && rec.lun == p.lun
+            && rec.mode == Mode::Read
+            && rec.sid == Some(sid)
+            && helper::backend_alive(be, rec.backend.as_deref())?
         {
             return Ok(true);
         }
@@ -180,16 +182,22 @@ fn shared_read_only(be: &Backend, own_key: &str, p: &Params, sid: u32) -> Result
     Ok(false)
 }
 
-fn same_session(rec: &Record, p: &Params) -> bool {
-    rec.get("iqn") == Some(p.iqn.as_str())
-        && rec.get("portal").and_then(Portal::parse) == Some(p.portal)
+fn iscsi_of(r: Record) -> Option<record::Iscsi> {
+    match r {
+        Record::Iscsi(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn same_session(rec: &record::Iscsi, p: &Params) -> bool {
+    rec.iqn == p.iqn && Portal::from(rec.portal) == p.portal
 }
 
 fn list_sessions(deadline: &Deadline) -> Result<Vec<Session>> {
     let cmd = Cmd::new("iscsiadm").args(["-m", "session"]);
     let out = cmd.run(deadline)?;
     match out.code {
-        Some(0) => iscsi::parse_sessions(&out.stdout).map_err(|e| anyhow!(e)),
+        Some(0) => Ok(parse::parse_sessions(&out.stdout)?),
         // ISCSI_ERR_NO_OBJS_FOUND: "iscsiadm: No active sessions."
         Some(21) => Ok(Vec::new()),
         _ => Err(cmd.failed(&out)),
@@ -226,7 +234,7 @@ fn login(p: &Params, creds: Option<&Credentials>, d: &Deadline, done: &mut Done)
         disc = disc.args(["-I", i.as_str()]);
     }
     let out = disc.run_ok(d)?;
-    let found = iscsi::parse_discovery(&out.stdout);
+    let found = parse::parse_discovery(&out.stdout);
     if !found
         .iter()
         .any(|n| n.target == p.iqn && n.portal.is(&p.portal))
@@ -259,9 +267,9 @@ fn login(p: &Params, creds: Option<&Credentials>, d: &Deadline, done: &mut Done)
     // A login that fails half-way may still leave a session: look for it either way.
     done.login = true;
     let r = node_cmd(p).arg("--login").run_ok(d);
-    let sessions = list_sessions(&d.at_least(attach::STEP_FLOOR));
+    let sessions = list_sessions(&d.at_least(STEP_FLOOR));
     if let Ok(s) = &sessions
-        && let [one] = iscsi::sessions_of(s, &p.iqn, &p.portal).as_slice()
+        && let [one] = parse::sessions_of(s, &p.iqn, &p.portal).as_slice()
     {
         done.sid = Some(one.sid);
     }
@@ -328,11 +336,11 @@ fn read_credentials(path: &str) -> Result<Credentials> {
         .take(64 * 1024)
         .read_to_string(&mut text)
         .with_context(|| format!("cannot read {path}"))?;
-    iscsi::parse_credentials(&text).map_err(|e| anyhow!("CHAP credentials file {path}: {e}"))
+    parse::parse_credentials(&text).map_err(|e| anyhow!("CHAP credentials file {path}: {e}"))
 }
 
 fn by_path_dir() -> PathBuf {
-    tool::sys_path("/dev/disk/by-path")
+    exec::sys_path("/dev/disk/by-path")
 }
 
 /// Waits for this LUN's `/dev/disk/by-path` link and resolves it.
@@ -347,18 +355,18 @@ fn wait_for_disk(p: &Params, d: &Deadline) -> Result<Device> {
         dir.display(),
         p.portal.port,
         p.iqn,
-        iscsi::by_path_lun(p.lun)
+        parse::by_path_lun(p.lun)
     );
-    tool::wait_for(&what, d, || {
+    deadline::wait_for(&what, d, || {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(None);
         };
         for e in entries.flatten() {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            if iscsi::by_path_is(name, &p.iqn, p.lun, &p.portal) {
+            if parse::by_path_is(name, &p.iqn, p.lun, &p.portal) {
                 // A link udev is still writing may not resolve yet: keep waiting.
-                return Ok(attach::block_device(&e.path()).ok());
+                return Ok(helper::block_device(&e.path()).ok());
             }
         }
         Ok(None)
@@ -369,14 +377,14 @@ fn wait_for_disk(p: &Params, d: &Deadline) -> Result<Device> {
 fn wait_for_map(disk: &Device, d: &Deadline) -> Result<(String, Device)> {
     let devnum = format!("{}:{}", disk.rdev.major, disk.rdev.minor);
     let what = format!("waiting for a multipath map over {}", disk.path);
-    tool::wait_for(&what, d, || {
+    deadline::wait_for(&what, d, || {
         let out = Cmd::new("multipath")
             .args(["-ll", disk.path.as_str()])
             .run(d)?;
         if !out.success() {
             return Ok(None);
         }
-        let Some(map) = iscsi::parse_multipath_ll(&out.stdout) else {
+        let Some(map) = parse::parse_multipath_ll(&out.stdout) else {
             return Ok(None);
         };
         if !map.paths.contains(&devnum) {
@@ -386,8 +394,8 @@ fn wait_for_map(disk: &Device, d: &Deadline) -> Result<(String, Device)> {
                 map.name
             ));
         }
-        let node = tool::sys_path("/dev/mapper").join(&map.name);
-        Ok(attach::block_device(&node).ok().map(|dev| (map.name, dev)))
+        let node = exec::sys_path("/dev/mapper").join(&map.name);
+        Ok(helper::block_device(&node).ok().map(|dev| (map.name, dev)))
     })
 }
 
@@ -401,7 +409,7 @@ fn flush_map(name: &str, d: &Deadline) -> Result<()> {
 /// Logs out of session `sid`, only if it still is a session of this target and portal.
 fn logout_sid(sid: u32, iqn: &str, portal: &Portal, d: &Deadline) -> Result<()> {
     let sessions = list_sessions(d)?;
-    let mine = iscsi::sessions_of(&sessions, iqn, portal);
+    let mine = parse::sessions_of(&sessions, iqn, portal);
     if !mine.iter().any(|s| s.sid == sid) {
         if mine.is_empty() {
             log::debug(&format!("session {sid} to {iqn} is already gone"));
@@ -422,12 +430,12 @@ fn logout_sid(sid: u32, iqn: &str, portal: &Portal, d: &Deadline) -> Result<()> 
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let attach::RemoveStart {
+    let helper::RemoveStart {
         key,
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, KIND)?;
+    } = helper::begin_remove(be, lock::ISCSI, iscsi_of)?;
     let rec = match rec {
         Some(r) => r,
         None => match legacy_record(be)? {
@@ -441,23 +449,20 @@ pub fn remove(be: &Backend) -> Result<()> {
             }
         },
     };
-    let iqn = rec.require("iqn")?.to_string();
-    let portal = rec
-        .get("portal")
-        .and_then(Portal::parse)
-        .ok_or_else(|| anyhow!("remove record {key}: bad portal"))?;
+    let iqn = rec.iqn.clone();
+    let portal = Portal::from(rec.portal);
     let p = Params {
         iqn: iqn.clone(),
         portal,
         lun: 0,
         multipath: false,
-        iface: rec.get("iface").map(str::to_string),
+        iface: rec.iface.clone(),
         auth: None,
     };
     let mut users = Vec::new();
-    for (k, other) in attach::other_records(KIND, &key) {
-        if same_session(&other, &p) && attach::backend_alive(be, &other)? {
-            users.push(other.get("backend").unwrap_or(&k).to_string());
+    for (k, other) in helper::other_records(&key, iscsi_of) {
+        if same_session(&other, &p) && helper::backend_alive(be, other.backend.as_deref())? {
+            users.push(other.backend.unwrap_or(k));
         }
     }
     let mut steps = Steps::default();
@@ -467,23 +472,26 @@ pub fn remove(be: &Backend) -> Result<()> {
             users.join(", ")
         ));
     } else {
-        if let Some(map) = rec.get("multipath") {
+        if let Some(map) = &rec.multipath {
             watchdog::phase("flushing the multipath map");
             steps.run(
                 &format!("flushing multipath map {map}"),
-                flush_map(map, &deadline.at_least(attach::STEP_FLOOR)),
+                flush_map(map, &deadline.at_least(STEP_FLOOR)),
             );
         }
         watchdog::phase("logging out of the iSCSI target");
-        let d = deadline.at_least(attach::STEP_FLOOR);
-        let r = match rec.get("sid").and_then(|s| s.parse::<u32>().ok()) {
+        let d = deadline.at_least(STEP_FLOOR);
+        let r = match rec.sid {
             Some(sid) => logout_sid(sid, &iqn, &portal, &d),
             None => logout_node(&p, &d),
         };
         steps.run(&format!("logging out of {iqn} at {portal}"), r);
     }
     if steps.ok() {
-        steps.run("deleting the remove record", state::delete(&key));
+        steps.run(
+            "deleting the remove record",
+            record::delete(&key).map_err(Into::into),
+        );
     }
     steps.finish()
 }
@@ -505,19 +513,21 @@ fn logout_node(p: &Params, d: &Deadline) -> Result<()> {
 }
 
 /// No record (attached by the shell script, or before an upgrade): what `params` says.
-fn legacy_record(be: &Backend) -> Result<Option<Record>> {
+fn legacy_record(be: &Backend) -> Result<Option<record::Iscsi>> {
     let Some(params) = be.read("params")? else {
         return Ok(None);
     };
-    let p = iscsi::parse_params(&params).map_err(|e| anyhow!(e))?;
-    let mut rec = Record::default();
-    rec.set("kind", KIND)
-        .set("backend", be.path.path.as_str())
-        .set("iqn", p.iqn.as_str())
-        .set("portal", p.portal.to_string())
-        .set("lun", p.lun.to_string());
-    if let Some(i) = &p.iface {
-        rec.set("iface", i.as_str());
-    }
-    Ok(Some(rec))
+    let p = parse::parse_params(&params)?;
+    Ok(Some(record::Iscsi {
+        backend: Some(be.path.path.clone()),
+        iqn: p.iqn,
+        portal: p.portal.socket_addr(),
+        lun: p.lun,
+        // Remove does not use it; the backend's own mode, for what it is worth.
+        mode: Mode::canonicalise_other(be.read("mode")?.as_deref()),
+        iface: p.iface,
+        sid: None,
+        multipath: None,
+        device: None,
+    }))
 }

@@ -10,23 +10,23 @@
 //! included) and no local mount still uses the device; drbd-utils' script demotes
 //! unconditionally, pulling the disk from under a guest that still uses it.
 
+pub mod parse;
+
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
 
+use self::parse::{Resource, Role};
+use crate::applet::helper::{self, Steps};
 use crate::backend::Backend;
+use crate::deadline::{Deadline, STEP_FLOOR};
+use crate::exec::Cmd;
+use crate::lock;
 use crate::log;
 use crate::mode::Mode;
+use crate::record::{self, Record};
 use crate::sharing::SharingCheck;
-use crate::state::{self, Record};
-use crate::storage::drbd::{self, Resource, Role};
-use crate::tool::{Cmd, Deadline};
 use crate::watchdog;
-
-use super::attach::{self, Steps};
-
-const LOCK: &str = "block-drbd";
-const KIND: &str = "drbd";
 
 fn drbdadm(cmd: &str, r: &Resource) -> Cmd {
     Cmd::new("drbdadm").args([cmd, &r.to_string()])
@@ -34,7 +34,7 @@ fn drbdadm(cmd: &str, r: &Resource) -> Cmd {
 
 fn role(r: &Resource, d: &Deadline) -> Result<Role> {
     let out = drbdadm("role", r).run_ok(d)?;
-    drbd::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
+    parse::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
 }
 
 /// The role, or `None` when the resource is down (DRBD 8 `Unconfigured`; DRBD 9
@@ -48,7 +48,7 @@ fn role_if_up(r: &Resource, d: &Deadline) -> Result<Option<Role>> {
         }
         return Err(cmd.failed(&out));
     }
-    match drbd::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))? {
+    match parse::parse_role(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))? {
         Role::Unconfigured => Ok(None),
         role => Ok(Some(role)),
     }
@@ -56,14 +56,14 @@ fn role_if_up(r: &Resource, d: &Deadline) -> Result<Option<Role>> {
 
 fn sh_dev(r: &Resource, d: &Deadline) -> Result<String> {
     let out = drbdadm("sh-dev", r).run_ok(d)?;
-    drbd::parse_sh_dev(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
+    parse::parse_sh_dev(&out.stdout).map_err(|e| anyhow!("DRBD resource {r}: {e}"))
 }
 
 pub fn add(be: &Backend) -> Result<()> {
-    let Some(req) = attach::begin_add(be)? else {
+    let Some(req) = helper::begin_add(be)? else {
         return Ok(());
     };
-    let r = drbd::parse_params(&req.params).map_err(|e| anyhow!(e))?;
+    let r = parse::parse_params(&req.params)?;
     match req.ty.as_deref() {
         None | Some("drbd") | Some("phy") => {}
         Some(t) => {
@@ -74,7 +74,7 @@ pub fn add(be: &Backend) -> Result<()> {
     }
     // The lock first: waiting behind another attach must not use up this one's waits
     // (the budget still keeps everything inside the watchdog's deadline).
-    let _lock = watchdog::lock(LOCK)?;
+    let _lock = watchdog::lock(lock::DRBD)?;
     let deadline = req.budget.wait()?;
     watchdog::phase("asking drbdadm");
     let before = role(&r, &deadline)?;
@@ -85,24 +85,27 @@ pub fn add(be: &Backend) -> Result<()> {
         ));
     }
     let dev_path = sh_dev(&r, &deadline)?;
-    let mut rec = Record::default();
-    rec.set("kind", KIND)
-        .set("backend", be.path.path.as_str())
-        .set("resource", r.to_string())
-        .set("device", dev_path.as_str());
-    state::save(&req.key, &rec)?;
+    let mut rec = record::Drbd {
+        backend: Some(be.path.path.clone()),
+        resource: r.to_string(),
+        dev_path: Some(dev_path.clone()),
+        promoted: false,
+        device: None,
+    };
+    let save = |rec: &record::Drbd| record::save(&req.key, &Record::Drbd(rec.clone()));
+    save(&rec)?;
     let mut promoted = false;
     let result = (|| -> Result<()> {
         if before != Role::Primary {
             watchdog::phase("promoting the DRBD resource");
             drbdadm("primary", &r).run_ok(&deadline)?;
             promoted = true;
-            rec.set("promoted", "1");
-            state::save(&req.key, &rec)?;
+            rec.promoted = true;
+            save(&rec)?;
         }
-        let dev = attach::block_device(Path::new(&dev_path))?;
-        attach::record_device(&mut rec, &dev);
-        state::save(&req.key, &rec)?;
+        let dev = helper::block_device(Path::new(&dev_path))?;
+        rec.device = Some(dev.clone());
+        save(&rec)?;
         // DRBD semantics: no read-only sharing between guests.
         let scan = SharingCheck {
             mode: if req.mode == Mode::Read {
@@ -113,13 +116,13 @@ pub fn add(be: &Backend) -> Result<()> {
             frontend_vm: req.scan.frontend_vm.clone(),
             ..req.scan
         };
-        let _block = watchdog::lock("block")?;
-        attach::check_sharing(
+        let _block = watchdog::lock(lock::BLOCK)?;
+        helper::check_sharing(
             &scan,
             &format!("DRBD resource {r} ({})", dev.path),
             &[dev.rdev],
         )?;
-        attach::publish(be, None, &dev)
+        helper::publish(be, None, &dev)
     })();
     let Err(err) = result else {
         return Ok(());
@@ -129,18 +132,21 @@ pub fn add(be: &Backend) -> Result<()> {
         undo.push(format!("{e:#}"));
     }
     if undo.is_empty() {
-        let _ = state::delete(&req.key);
+        let _ = record::delete(&req.key);
     }
-    Err(attach::with_undo_errors(err, undo))
+    Err(helper::with_undo_errors(err, undo))
 }
 
 pub fn remove(be: &Backend) -> Result<()> {
-    let attach::RemoveStart {
+    let helper::RemoveStart {
         key,
         deadline,
         lock: _lock,
         rec,
-    } = attach::begin_remove(be, LOCK, KIND)?;
+    } = helper::begin_remove(be, lock::DRBD, |r| match r {
+        Record::Drbd(r) => Some(r),
+        _ => None,
+    })?;
     let rec = match rec {
         Some(rec) => rec,
         None => {
@@ -152,23 +158,27 @@ pub fn remove(be: &Backend) -> Result<()> {
                 ));
                 return Ok(());
             };
-            let r = drbd::parse_params(&params).map_err(|e| anyhow!(e))?;
-            let mut rec = Record::default();
-            rec.set("kind", KIND).set("resource", r.to_string());
-            rec
+            let r = parse::parse_params(&params)?;
+            record::Drbd {
+                backend: Some(be.path.path.clone()),
+                resource: r.to_string(),
+                dev_path: None,
+                promoted: false,
+                device: None,
+            }
         }
     };
-    let r = drbd::parse_params(rec.require("resource")?).map_err(|e| anyhow!(e))?;
+    let r = parse::parse_params(&rec.resource)?;
     let mut steps = Steps::default();
-    let d = deadline.at_least(attach::STEP_FLOOR);
+    let d = deadline.at_least(STEP_FLOOR);
     let r2 = (|| -> Result<()> {
-        let dev_path = match rec.get("device") {
-            Some(p) => p.to_string(),
+        let dev_path = match &rec.dev_path {
+            Some(p) => p.clone(),
             None => sh_dev(&r, &d)?,
         };
-        let rdev = match attach::recorded_device(&rec) {
-            Some((_, rdev, _)) => rdev,
-            None => match attach::block_device(Path::new(&dev_path)) {
+        let rdev = match &rec.device {
+            Some(dev) => dev.rdev,
+            None => match helper::block_device(Path::new(&dev_path)) {
                 Ok(dev) => dev.rdev,
                 Err(e) => {
                     log::debug(&format!("{dev_path}: {e:#}: nothing to demote"));
@@ -176,8 +186,8 @@ pub fn remove(be: &Backend) -> Result<()> {
                 }
             },
         };
-        let _block = watchdog::lock("block")?;
-        let users = attach::other_users(be, rdev)?;
+        let _block = watchdog::lock(lock::BLOCK)?;
+        let users = helper::other_users(be, rdev)?;
         if !users.is_empty() {
             log::debug(&format!(
                 "DRBD resource {r} ({dev_path}) is still used by {}: not demoting it",
@@ -200,7 +210,10 @@ pub fn remove(be: &Backend) -> Result<()> {
     })();
     steps.run(&format!("demoting DRBD resource {r}"), r2);
     if steps.ok() {
-        steps.run("deleting the remove record", state::delete(&key));
+        steps.run(
+            "deleting the remove record",
+            record::delete(&key).map_err(Into::into),
+        );
     }
     steps.finish()
 }

@@ -1,15 +1,48 @@
-//! The storage helpers' pure parts, on every OS: what `params` means for `block-iscsi`,
-//! `block-nbd` and `block-drbd`, and the records parsed from the tools' output
-//! (`iscsiadm`, `multipath`, `nbd-client`'s sysfs files, `drbdadm`). No I/O here: each
-//! parser is tested against fixtures in the real tools' formats (Debian 12: open-iscsi
-//! 2.1.8, multipath-tools 0.9.4, nbd-client 3.24, drbd-utils 9.22; DRBD 8.4 role output).
+//! What the helpers' parsers share (`iscsi::parse`, `nbd::parse`, `drbd::parse`): their
+//! error type and how they show the input they refuse. The parsers do no I/O: each is
+//! tested against fixtures in the real tools' formats (Debian 12: open-iscsi 2.1.8,
+//! multipath-tools 0.9.4, nbd-client 3.24, drbd-utils 9.22; DRBD 8.4 role output).
 //!
 //! Fields are matched whole, never by substring: a session of `iqn...:disk10` is not one
 //! of `iqn...:disk1`.
 
-pub mod drbd;
-pub mod iscsi;
-pub mod nbd;
+use std::fmt;
+
+/// A refused `params` value, CHAP credentials file or tool output. The message names the
+/// field and shows the offending text through [`shown`]; it goes to `hotplug-error` as is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError(String);
+
+impl ParseError {
+    pub fn new(message: impl Into<String>) -> ParseError {
+        ParseError(message.into())
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl From<String> for ParseError {
+    fn from(s: String) -> ParseError {
+        ParseError(s)
+    }
+}
+
+impl From<&str> for ParseError {
+    fn from(s: &str) -> ParseError {
+        ParseError(s.to_string())
+    }
+}
+
+/// `Err(ParseError)` from a message, for `return fail(format!(..))`.
+pub fn fail<T>(message: impl Into<String>) -> Result<T, ParseError> {
+    Err(ParseError::new(message))
+}
 
 /// Strips the xend-era `<scheme>:` prefix of `params` (`iscsi:`, `nbd:`, `drbd:`), which
 /// libxl's disk parser maps to `script=block-<scheme>`, once.

@@ -8,9 +8,9 @@
 //! a host name could never be matched to one.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use super::shown;
+use crate::applet::parse::{ParseError, fail, shown};
 
 pub const DEFAULT_PORT: u16 = 3260;
 
@@ -33,6 +33,22 @@ impl Portal {
             addr: ep.host.parse().ok()?,
             port: ep.port,
         })
+    }
+}
+
+impl Portal {
+    /// As a socket address (the spelling of remove records).
+    pub fn socket_addr(self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
+}
+
+impl From<SocketAddr> for Portal {
+    fn from(a: SocketAddr) -> Portal {
+        Portal {
+            addr: a.ip(),
+            port: a.port(),
+        }
     }
 }
 
@@ -112,10 +128,10 @@ pub struct Params {
 }
 
 /// Parses `params`; every error names the key at fault.
-pub fn parse_params(raw: &str) -> Result<Params, String> {
-    let s = super::strip_legacy_prefix(raw, "iscsi");
+pub fn parse_params(raw: &str) -> Result<Params, ParseError> {
+    let s = crate::applet::parse::strip_legacy_prefix(raw, "iscsi");
     if s.is_empty() {
-        return Err(format!("params is empty: expected {USAGE}"));
+        return fail(format!("params is empty: expected {USAGE}"));
     }
     let mut iqn = None;
     let mut portal = None;
@@ -125,7 +141,7 @@ pub fn parse_params(raw: &str) -> Result<Params, String> {
     let mut auth = None;
     for item in s.split(',') {
         let Some((key, value)) = item.split_once('=') else {
-            return Err(format!(
+            return fail(format!(
                 "params item {} is not key=value: expected {USAGE}",
                 shown(item)
             ));
@@ -138,23 +154,23 @@ pub fn parse_params(raw: &str) -> Result<Params, String> {
             "iface" => &mut iface,
             "auth" => &mut auth,
             other => {
-                return Err(format!(
+                return fail(format!(
                     "params key {} is unknown (known: iqn, portal, lun, multipath, iface, auth)",
                     shown(other)
                 ));
             }
         };
         if slot.is_some() {
-            return Err(format!("params key {key} is given twice"));
+            return fail(format!("params key {key} is given twice"));
         }
         if value.is_empty() {
-            return Err(format!("params key {key} has an empty value"));
+            return fail(format!("params key {key} has an empty value"));
         }
         *slot = Some(value);
     }
     let iqn = iqn.ok_or_else(|| format!("params key iqn is missing: expected {USAGE}"))?;
     if !valid_iscsi_name(iqn) {
-        return Err(format!(
+        return fail(format!(
             "params key iqn: {} is not an iSCSI name (iqn.<yyyy-mm>.<reversed domain>[:<id>], \
              eui.<16 hex digits> or naa.<16 or 32 hex digits>)",
             shown(iqn)
@@ -178,13 +194,13 @@ pub fn parse_params(raw: &str) -> Result<Params, String> {
         None | Some("n") => false,
         Some("y") => true,
         Some(m) => {
-            return Err(format!("params key multipath: {} must be y or n", shown(m)));
+            return fail(format!("params key multipath: {} must be y or n", shown(m)));
         }
     };
     if let Some(i) = iface
         && !valid_iface(i)
     {
-        return Err(format!(
+        return fail(format!(
             "params key iface: {} is not an open-iscsi interface name",
             shown(i)
         ));
@@ -192,7 +208,7 @@ pub fn parse_params(raw: &str) -> Result<Params, String> {
     if let Some(a) = auth
         && (!a.starts_with('/') || a.contains('\0'))
     {
-        return Err(format!(
+        return fail(format!(
             "params key auth: {} must be the absolute path of a credentials file",
             shown(a)
         ));
@@ -272,10 +288,13 @@ pub struct Session {
 
 /// `iscsiadm -m session` (exit 0). A line that is not a session is an error: a session
 /// skipped could be one we must not share.
-pub fn parse_sessions(out: &str) -> Result<Vec<Session>, String> {
+pub fn parse_sessions(out: &str) -> Result<Vec<Session>, ParseError> {
     out.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| parse_session(l).ok_or_else(|| format!("unexpected iscsiadm output {}", shown(l))))
+        .map(|l| {
+            parse_session(l)
+                .ok_or_else(|| format!("unexpected iscsiadm output {}", shown(l)).into())
+        })
         .collect()
 }
 
@@ -477,7 +496,7 @@ impl fmt::Debug for Credentials {
 const MAX_CHAP: usize = 255;
 
 /// Parses a credentials file. Errors name the line and the key, never a value.
-pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
+pub fn parse_credentials(text: &str) -> Result<Credentials, ParseError> {
     let mut user = None;
     let mut pass = None;
     let mut user_in = None;
@@ -488,7 +507,7 @@ pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
-            return Err(format!("line {} is not key=value", n + 1));
+            return fail(format!("line {} is not key=value", n + 1));
         };
         let k = k.trim();
         let slot = match k {
@@ -497,7 +516,7 @@ pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
             "username_in" => &mut user_in,
             "password_in" => &mut pass_in,
             _ => {
-                return Err(format!(
+                return fail(format!(
                     "line {}: unknown key {} (known: username, password, username_in, password_in)",
                     n + 1,
                     shown(k)
@@ -505,10 +524,10 @@ pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
             }
         };
         if slot.is_some() {
-            return Err(format!("line {}: {k} is given twice", n + 1));
+            return fail(format!("line {}: {k} is given twice", n + 1));
         }
         if v.is_empty() || v.len() > MAX_CHAP || v.chars().any(char::is_control) {
-            return Err(format!(
+            return fail(format!(
                 "line {}: {k} must be 1 to {MAX_CHAP} bytes without control characters",
                 n + 1
             ));
@@ -516,12 +535,12 @@ pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
         *slot = Some(v.to_string());
     }
     let (Some(username), Some(password)) = (user, pass) else {
-        return Err("username and password are both required".to_string());
+        return fail("username and password are both required");
     };
     let mutual = match (user_in, pass_in) {
         (None, None) => None,
         (Some(u), Some(p)) => Some((u, p)),
-        _ => return Err("username_in and password_in go together".to_string()),
+        _ => return fail("username_in and password_in go together"),
     };
     Ok(Credentials {
         username,
@@ -616,7 +635,7 @@ mod tests {
             (format!("{ok},auth=chap.txt"), "params key auth:"),
         ];
         for (params, want) in table {
-            let e = parse_params(params).unwrap_err();
+            let e = parse_params(params).unwrap_err().to_string();
             assert!(e.contains(want), "{params:?}: {e}");
         }
     }
@@ -770,10 +789,12 @@ size=1.0G features='1 queue_if_no_path' hwhandler='1 alua' wp=rw
             ("username=a\nusername=b\n", "given twice"),
             ("password\n", "line 1 is not key=value"),
         ] {
-            let e = parse_credentials(bad).unwrap_err();
+            let e = parse_credentials(bad).unwrap_err().to_string();
             assert!(e.contains(want), "{bad:?}: {e}");
         }
-        let e = parse_credentials("username=a\npassword=sec\u{7}ret\n").unwrap_err();
+        let e = parse_credentials("username=a\npassword=sec\u{7}ret\n")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("sec"), "{e}");
     }
 }

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 
-use super::shown;
+use crate::applet::parse::{ParseError, fail, shown};
 
 pub const DEFAULT_PORT: u16 = 10809;
 
@@ -47,15 +47,15 @@ impl fmt::Display for Params {
 const USAGE: &str = "expected \"<host> <port>\", <host>:<port>, nbd://<host>[:<port>]/<export> \
                      or nbd+unix:///<export>?socket=<path>";
 
-pub fn parse_params(raw: &str) -> Result<Params, String> {
+pub fn parse_params(raw: &str) -> Result<Params, ParseError> {
     // `nbd:` is the legacy prefix, unless it begins an `nbd://` URI.
     let s = if raw.starts_with("nbd://") {
         raw
     } else {
-        super::strip_legacy_prefix(raw, "nbd")
+        crate::applet::parse::strip_legacy_prefix(raw, "nbd")
     };
     if s.is_empty() {
-        return Err(format!("params is empty: {USAGE}"));
+        return fail(format!("params is empty: {USAGE}"));
     }
     if let Some(rest) = s
         .strip_prefix("nbd://")
@@ -67,13 +67,13 @@ pub fn parse_params(raw: &str) -> Result<Params, String> {
         return parse_unix_uri(rest);
     }
     if s.starts_with("nbds://") || s.starts_with("nbds+") {
-        return Err(format!(
+        return fail(format!(
             "params {}: TLS NBD URIs are not supported",
             shown(s)
         ));
     }
     if s.contains("://") {
-        return Err(format!("params {}: unknown URI scheme: {USAGE}", shown(s)));
+        return fail(format!("params {}: unknown URI scheme: {USAGE}", shown(s)));
     }
     let words: Vec<&str> = s.split_whitespace().collect();
     let (host, port) = match words[..] {
@@ -83,7 +83,7 @@ pub fn parse_params(raw: &str) -> Result<Params, String> {
                 .ok_or_else(|| format!("params port {} is not a TCP port", shown(port)))?,
         ),
         [hp] => split_host_port(hp)?,
-        _ => return Err(format!("params {} is not understood: {USAGE}", shown(s))),
+        _ => return fail(format!("params {} is not understood: {USAGE}", shown(s))),
     };
     Ok(Params {
         server: Server::Tcp {
@@ -94,7 +94,7 @@ pub fn parse_params(raw: &str) -> Result<Params, String> {
     })
 }
 
-fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+fn split_host_port(s: &str) -> Result<(&str, u16), ParseError> {
     if let Some(rest) = s.strip_prefix('[') {
         let (h, after) = rest
             .split_once(']')
@@ -129,7 +129,7 @@ fn parse_port(s: &str) -> Option<u16> {
 
 /// A host name, IPv4 or IPv6 address; never something `nbd-client` could take for an
 /// option or a path.
-fn check_host(h: &str) -> Result<String, String> {
+fn check_host(h: &str) -> Result<String, ParseError> {
     let ok = if h.parse::<Ipv6Addr>().is_ok() {
         true
     } else {
@@ -142,17 +142,17 @@ fn check_host(h: &str) -> Result<String, String> {
     if ok {
         Ok(h.to_string())
     } else {
-        Err(format!(
+        fail(format!(
             "params host {} is not a host name or address",
             shown(h)
         ))
     }
 }
 
-fn parse_tcp_uri(rest: &str) -> Result<Params, String> {
+fn parse_tcp_uri(rest: &str) -> Result<Params, ParseError> {
     let (authority, path, query) = split_uri(rest);
     if let Some(q) = query {
-        return Err(format!(
+        return fail(format!(
             "params: NBD URI query {} is not supported over TCP",
             shown(q)
         ));
@@ -171,10 +171,10 @@ fn parse_tcp_uri(rest: &str) -> Result<Params, String> {
     })
 }
 
-fn parse_unix_uri(rest: &str) -> Result<Params, String> {
+fn parse_unix_uri(rest: &str) -> Result<Params, ParseError> {
     let (authority, path, query) = split_uri(rest);
     if !authority.is_empty() {
-        return Err(format!(
+        return fail(format!(
             "params: nbd+unix URIs have no host ({}): nbd+unix:///<export>?socket=<path>",
             shown(authority)
         ));
@@ -183,9 +183,9 @@ fn parse_unix_uri(rest: &str) -> Result<Params, String> {
     for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
         match kv.split_once('=') {
             Some(("socket", v)) if socket.is_none() => socket = Some(percent_decode(v)?),
-            Some(("socket", _)) => return Err("params: socket= is given twice".to_string()),
+            Some(("socket", _)) => return fail("params: socket= is given twice"),
             _ => {
-                return Err(format!(
+                return fail(format!(
                     "params: NBD URI query {} is not supported (only socket=)",
                     shown(kv)
                 ));
@@ -196,7 +196,7 @@ fn parse_unix_uri(rest: &str) -> Result<Params, String> {
         "params: nbd+unix URI without socket=<path>: nbd+unix:///<export>?socket=<path>".to_string()
     })?;
     if !socket.starts_with('/') || socket.contains(['\0', '\n']) {
-        return Err(format!(
+        return fail(format!(
             "params socket {} must be an absolute path",
             shown(&socket)
         ));
@@ -220,13 +220,13 @@ fn split_uri(rest: &str) -> (&str, &str, Option<&str>) {
     }
 }
 
-fn export_of(path: &str) -> Result<Option<String>, String> {
+fn export_of(path: &str) -> Result<Option<String>, ParseError> {
     if path.is_empty() {
         return Ok(None);
     }
     let e = percent_decode(path)?;
     if e.len() > 4096 || e.chars().any(char::is_control) {
-        return Err(format!(
+        return fail(format!(
             "params export {} must be at most 4096 bytes without control characters",
             shown(&e)
         ));
@@ -234,7 +234,7 @@ fn export_of(path: &str) -> Result<Option<String>, String> {
     Ok(Some(e))
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+fn percent_decode(s: &str) -> Result<String, ParseError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -251,7 +251,8 @@ fn percent_decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("params: {} is not UTF-8 once decoded", shown(s)))
+    String::from_utf8(out)
+        .map_err(|_| format!("params: {} is not UTF-8 once decoded", shown(s)).into())
 }
 
 /// `nbd-client` arguments to connect `device` (3.24 syntax:
@@ -409,7 +410,7 @@ mod tests {
             ("nbd+unix:///x?socket=/a&foo=1", "only socket="),
             ("[::1:10809", "unclosed"),
         ] {
-            let e = parse_params(s).unwrap_err();
+            let e = parse_params(s).unwrap_err().to_string();
             assert!(e.contains(want), "{s:?}: {e}");
         }
     }

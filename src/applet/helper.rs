@@ -1,103 +1,78 @@
-//! What `block-iscsi`, `block-nbd` and `block-drbd` share: reading the request, the time
-//! budget, the sharing check and node writing of `block`, the remove records, and a
-//! remove that runs every step and reports what failed.
+//! What `block-iscsi`, `block-nbd` and `block-drbd` share: the start of an add (`block`'s
+//! prologue, the run's budget) and of a remove (the helper's own lock, its record of the
+//! helper's kind), resolving the device a tool made, `block`'s sharing check and node
+//! writes, other records and other users of a device, and the undo and remove error
+//! handling (a remove runs every step and reports what failed).
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
 use crate::backend::Backend;
+use crate::deadline::{Budget, Deadline};
 use crate::devnum::DevNum;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
-use crate::platform::linux::Linux;
+use crate::platform::{self, Host, Identity, Platform};
+use crate::record::{self, Record};
 use crate::report::{Busy, busy};
 use crate::request::{AddNodes, Frontend};
 use crate::sharing::{self, SharingCheck};
-use crate::state::{self, Record};
-use crate::tool::Deadline;
 use crate::watchdog;
 
-use super::blkdev;
-
-/// Time kept back from the run's watchdog for undoing a failed add.
-const UNDO_RESERVE: Duration = Duration::from_secs(8);
-/// Every remove step gets at least this long, even after earlier steps used up the time.
-pub const STEP_FLOOR: Duration = Duration::from_secs(2);
-
-/// The run's time: the watchdog ends the process at `start + watchdog::deadline()`.
-#[derive(Clone, Copy, Debug)]
-pub struct Budget {
-    start: Instant,
-    total: Duration,
-}
-
-impl Budget {
-    pub fn now() -> Budget {
-        Budget {
-            start: Instant::now(),
-            total: watchdog::deadline(),
-        }
-    }
-
-    fn left(&self) -> Duration {
-        self.total.saturating_sub(self.start.elapsed())
-    }
-
-    /// The deadline of the waits of this run: `XEN_BLOCK_HOTPLUG_WAIT` (default 20 s),
-    /// cut so that an undo still fits before the watchdog.
-    pub fn wait(&self) -> Result<Deadline> {
-        let ceiling = self.left().saturating_sub(UNDO_RESERVE).max(self.total / 4);
-        Deadline::configured(ceiling)
-    }
-
-    /// The deadline for undoing a failed add: what is left before the watchdog, less a
-    /// second to report.
-    pub fn undo(&self) -> Deadline {
-        Deadline::after(
-            self.left()
-                .saturating_sub(Duration::from_secs(1))
-                .max(Duration::from_millis(500)),
-        )
-    }
+/// The run's budget, ending when the watchdog would end the run.
+fn budget() -> Budget {
+    Budget::starting_now(watchdog::deadline())
 }
 
 /// What every helper's add reads first.
-pub struct Request<'a> {
+pub struct AddStart<'a> {
     pub params: String,
     /// The backend `type` node.
     pub ty: Option<String>,
     pub mode: Mode,
-    pub scan: SharingCheck<'a, Linux>,
+    pub scan: SharingCheck<'a, Host>,
     pub key: String,
     pub budget: Budget,
 }
 
 /// What every helper's remove starts from, under its own lock.
-pub struct RemoveStart {
+pub struct RemoveStart<R> {
     pub key: String,
     /// The deadline of this remove's waits.
     pub deadline: Deadline,
     pub lock: Lock,
-    /// The record `add` left for this backend, checked to be of the helper's kind.
-    pub rec: Option<Record>,
+    /// The record `add` left for this backend, of the helper's kind.
+    pub rec: Option<R>,
 }
 
-/// Takes the helper's lock and loads its record: a record of another kind is an error.
-pub fn begin_remove(be: &Backend, lock: &str, kind: &str) -> Result<RemoveStart> {
-    let budget = Budget::now();
-    let key = be.path.state_key();
+/// Takes the helper's lock and loads its record; `kind` picks the helper's kind out of a
+/// record (`None`: a record of another kind, which is an error).
+pub fn begin_remove<R>(
+    be: &Backend,
+    lock_name: &str,
+    kind: fn(Record) -> Option<R>,
+) -> Result<RemoveStart<R>> {
+    let budget = budget();
+    let key = be.path.record_key();
     // The lock first, so queueing behind another run does not use up our waits.
-    let lock = watchdog::lock(lock)?;
+    let lock = watchdog::lock(lock_name)?;
     let deadline = budget.wait()?;
-    let rec = state::load(&key)?;
-    if let Some(r) = &rec {
-        r.require_kind(kind, &be.path.path)?;
-    }
+    let rec = match record::load(&key)? {
+        None => None,
+        Some(r) => {
+            let found = r.kind();
+            Some(kind(r).ok_or_else(|| {
+                anyhow!(
+                    "the remove record of {} is of kind {found:?}, not one of {lock_name}'s",
+                    be.path.path
+                )
+            })?)
+        }
+    };
     Ok(RemoveStart {
         key,
         deadline,
@@ -108,30 +83,25 @@ pub fn begin_remove(be: &Backend, lock: &str, kind: &str) -> Result<RemoveStart>
 
 /// Reads `params`, `mode` and the frontend with `block`'s prologue (`request`); `None`
 /// when `physical-device` is already there (libxl may call add twice: nothing to do).
-pub fn begin_add<'a>(be: &'a Backend<'a>) -> Result<Option<Request<'a>>> {
-    let budget = Budget::now();
+pub fn begin_add<'a>(be: &'a Backend<'a>) -> Result<Option<AddStart<'a>>> {
+    let budget = budget();
     let Some(nodes) = AddNodes::read(be, "physical-device")? else {
         return Ok(None);
     };
     let fe = Frontend::read(be, &nodes.mode)?;
-    Ok(Some(Request {
+    Ok(Some(AddStart {
         params: nodes.params,
         ty: nodes.ty,
         mode: fe.mode,
-        scan: fe.sharing_check(be, &Linux),
-        key: be.path.state_key(),
+        scan: fe.sharing_check(be, host()),
+        key: be.path.record_key(),
         budget,
     }))
 }
 
 /// A block device as published: its path (symbolic links resolved), device number and
-/// disk sequence number.
-#[derive(Clone, Debug)]
-pub struct Device {
-    pub path: String,
-    pub rdev: DevNum,
-    pub diskseq: Option<u64>,
-}
+/// disk sequence number; recorded as it is.
+pub use crate::record::Device;
 
 /// Resolves `path` to the block device it names now.
 pub fn block_device(path: &Path) -> Result<Device> {
@@ -146,15 +116,26 @@ pub fn block_device(path: &Path) -> Result<Device> {
         .to_str()
         .ok_or_else(|| anyhow!("{} is not a UTF-8 path", real.display()))?
         .to_string();
+    let rdev = platform::stat_device(&shown)
+        .ok_or_else(|| anyhow!("{shown} has no device number this system can split"))?;
     // Opened read-only and non-blocking only to ask for the disk sequence number.
-    let diskseq = open_nonblocking(&real)
-        .ok()
-        .and_then(|f| blkdev::diskseq(&f));
+    let diskseq = open_nonblocking(&real).ok().and_then(|f| diskseq(&f));
     Ok(Device {
         path: shown,
-        rdev: blkdev::split_dev(meta.rdev()),
+        rdev,
         diskseq,
     })
+}
+
+/// The disk sequence number (Linux 5.15+ `BLKGETDISKSEQ`); other systems have none.
+#[cfg(target_os = "linux")]
+fn diskseq(f: &File) -> Option<u64> {
+    crate::platform::linux::blkdev::diskseq(f)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn diskseq(_: &File) -> Option<u64> {
+    None
 }
 
 fn open_nonblocking(p: &Path) -> std::io::Result<File> {
@@ -166,7 +147,7 @@ fn open_nonblocking(p: &Path) -> std::io::Result<File> {
 
 /// The sharing check of `block` on the device numbers a disk is reachable by (a
 /// multipath map and its path device), unless the mode is `w!`.
-pub fn check_sharing(scan: &SharingCheck<Linux>, what: &str, devs: &[DevNum]) -> Result<()> {
+pub fn check_sharing(scan: &SharingCheck<Host>, what: &str, devs: &[DevNum]) -> Result<()> {
     if scan.mode == Mode::Force {
         return Ok(());
     }
@@ -182,56 +163,25 @@ pub fn publish(be: &Backend, node: Option<&str>, dev: &Device) -> Result<()> {
     be.write_dev(
         node.map(|n| ("node", n)),
         &dev.path,
-        Some(&dev.rdev.to_linux_hex()),
+        host()
+            .format_physical_device(Identity::Dev(dev.rdev))
+            .as_deref(),
         dev.diskseq,
     )
 }
 
-/// Records the device in a remove record.
-pub fn record_device(rec: &mut Record, dev: &Device) {
-    rec.set("node", dev.path.as_str())
-        .set("rdev", dev.rdev.to_linux_hex());
-    if let Some(s) = dev.diskseq {
-        rec.set("diskseq", format!("{s:x}"));
-    }
-}
-
-/// The device a record names: (path, rdev, diskseq).
-pub fn recorded_device(rec: &Record) -> Option<(String, DevNum, Option<u64>)> {
-    let path = rec.get("node")?.to_string();
-    let rdev = DevNum::parse_linux_hex(rec.get("rdev")?)?;
-    let seq = rec
-        .get("diskseq")
-        .and_then(|s| u64::from_str_radix(s, 16).ok());
-    Some((path, rdev, seq))
-}
-
-/// Every remove record of `kind` except ours, with its key.
-pub fn other_records(kind: &str, own_key: &str) -> Vec<(String, Record)> {
-    let Ok(entries) = std::fs::read_dir(state::STATE_DIR) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let Some(name) = e.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        if name.starts_with('.') || name == own_key {
-            continue;
-        }
-        if let Ok(Some(rec)) = state::load(&name)
-            && rec.get("kind") == Some(kind)
-        {
-            out.push((name, rec));
-        }
-    }
-    out
+/// Every remove record but `own_key`'s that `kind` picks, with its key.
+pub fn other_records<R>(own_key: &str, kind: fn(Record) -> Option<R>) -> Vec<(String, R)> {
+    record::others(own_key)
+        .into_iter()
+        .filter_map(|(k, r)| Some((k, kind(r)?)))
+        .collect()
 }
 
 /// Whether the backend a record was made for still exists (a record whose backend
 /// libxl has destroyed is stale: its remove will find nothing to share).
-pub fn backend_alive(be: &Backend, rec: &Record) -> Result<bool> {
-    let Some(path) = rec.get("backend") else {
+pub fn backend_alive(be: &Backend, backend: Option<&str>) -> Result<bool> {
+    let Some(path) = backend else {
         return Ok(false);
     };
     Ok(be.store.read(&format!("{path}/params"))?.is_some())
@@ -280,7 +230,13 @@ impl Steps {
 /// Who else uses a device locally: other backends of this type and local mounts
 /// (`sharing::other_users`, the one walk over the other backends). Each entry says who.
 pub fn other_users(be: &Backend, rdev: DevNum) -> Result<Vec<String>> {
-    sharing::other_users(&Linux, be.store, &be.path, rdev)
+    sharing::other_users(host(), be.store, &be.path, rdev)
+}
+
+/// This host's platform, for the whole run.
+fn host() -> &'static Host {
+    static HOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+    HOST.get_or_init(platform::host)
 }
 
 #[cfg(test)]
@@ -309,23 +265,6 @@ mod tests {
         assert_eq!(
             s.finish().unwrap_err().to_string(),
             "remove incomplete: logout: iscsid is down; flush: map in use"
-        );
-    }
-
-    #[test]
-    fn records_round_trip_devices() {
-        let mut r = Record::default();
-        record_device(
-            &mut r,
-            &Device {
-                path: "/dev/sdb".into(),
-                rdev: DevNum::new(8, 16),
-                diskseq: Some(0x2a),
-            },
-        );
-        assert_eq!(
-            recorded_device(&r),
-            Some(("/dev/sdb".to_string(), DevNum::new(8, 16), Some(0x2a)))
         );
     }
 }

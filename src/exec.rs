@@ -8,8 +8,9 @@
 //! * stdin is `/dev/null`; stdout and stderr go to anonymous temporary files, not pipes: a
 //!   tool that leaves a daemon behind (`nbd-client` in ioctl mode) keeps the pipe open and a
 //!   reader waiting for end-of-file would hang.
-//! * Every run has a deadline. On expiry the tool's whole process group (it gets its own)
-//!   is killed and the error says what timed out and after how long.
+//! * Every run has a deadline (`deadline::Deadline`). On expiry the tool's whole process
+//!   group (it gets its own) is killed and the error says what timed out and after how
+//!   long.
 //! * Secret arguments (CHAP passwords) are shown as `***` in every log line and error.
 //!
 //! Test-only: `XEN_BLOCK_HOTPLUG_TEST_ROOT=<dir>` makes tools come from `<dir>/bin` only
@@ -20,26 +21,21 @@
 //! writable by group or others.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::deadline::{Deadline, timed_out};
 use crate::log;
 
 /// Test-only: the directory that stands in for the tool directories and `/dev`, `/sys`.
 pub const TEST_ROOT_ENV: &str = "XEN_BLOCK_HOTPLUG_TEST_ROOT";
-/// How long any one wait (a device to appear, a tool to finish) may take, in seconds.
-pub const WAIT_ENV: &str = "XEN_BLOCK_HOTPLUG_WAIT";
-/// The default for `XEN_BLOCK_HOTPLUG_WAIT`: well under libxl's 40 s SIGKILL, leaving time
-/// to undo a half-done attach.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
 
 /// Upstream's order (`PATH=${bindir}:${sbindir}:...:/sbin:/bin:/usr/bin:/usr/sbin:$PATH`).
 pub const SYSTEM_DIRS: &[&str] = &[
@@ -107,114 +103,6 @@ pub fn find(name: &str) -> Result<PathBuf> {
         "{name} not found (looked in {}): install it, or fix PATH",
         list.join(":")
     ))
-}
-
-/// A point in time every wait of one step must finish by.
-#[derive(Clone, Copy, Debug)]
-pub struct Deadline {
-    end: Instant,
-    limit: Duration,
-}
-
-impl Deadline {
-    pub fn after(limit: Duration) -> Deadline {
-        Deadline {
-            end: Instant::now() + limit,
-            limit,
-        }
-    }
-
-    /// The configured wait (`XEN_BLOCK_HOTPLUG_WAIT`, default 20 s), never past
-    /// `ceiling` (what is left before the run's own watchdog fires, less time to undo).
-    pub fn configured(ceiling: Duration) -> Result<Deadline> {
-        let wait = wait_from_env(std::env::var(WAIT_ENV).ok().as_deref())?;
-        Ok(Deadline::after(wait.min(ceiling)))
-    }
-
-    pub fn remaining(&self) -> Duration {
-        self.end.saturating_duration_since(Instant::now())
-    }
-
-    pub fn expired(&self) -> bool {
-        Instant::now() >= self.end
-    }
-
-    /// The deadline a step gets: this one, or `floor` from now if that is later (remove
-    /// runs every step even after an earlier one used up the time).
-    pub fn at_least(&self, floor: Duration) -> Deadline {
-        if self.remaining() >= floor {
-            *self
-        } else {
-            Deadline::after(floor)
-        }
-    }
-
-    pub fn limit(&self) -> Duration {
-        self.limit
-    }
-}
-
-/// Parses `XEN_BLOCK_HOTPLUG_WAIT`: seconds, fractions allowed, above 0 and at most 3600.
-pub fn wait_from_env(v: Option<&str>) -> Result<Duration> {
-    let Some(v) = v.filter(|v| !v.is_empty()) else {
-        return Ok(DEFAULT_WAIT);
-    };
-    match v.parse::<f64>() {
-        Ok(s) if s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
-        _ => Err(anyhow!(
-            "{WAIT_ENV}={v:?} is not a number of seconds between 0 and 3600"
-        )),
-    }
-}
-
-/// Seconds for messages: `20 s`, `0.5 s`.
-pub fn secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{} s", s as u64)
-    } else {
-        format!("{s:.1} s")
-    }
-}
-
-/// A wait that ran out of time. Kept as a type so callers can tell it from a failure.
-#[derive(Debug)]
-pub struct TimedOut(pub String);
-
-impl fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TimedOut {}
-
-fn timed_out(what: &str, limit: Duration) -> anyhow::Error {
-    anyhow::Error::new(TimedOut(format!(
-        "timed out after {} {what} (limit {WAIT_ENV}, default {})",
-        secs(limit),
-        secs(DEFAULT_WAIT)
-    )))
-}
-
-/// Polls `probe` until it returns `Some`, or the deadline passes. `what` completes
-/// "timed out after N s ..." (for example "waiting for /dev/nbd0 to get a size").
-pub fn wait_for<T>(
-    what: &str,
-    deadline: &Deadline,
-    mut probe: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(v) = probe()? {
-            return Ok(v);
-        }
-        if deadline.expired() {
-            return Err(timed_out(what, deadline.limit()));
-        }
-        std::thread::sleep(pause.min(deadline.remaining()));
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -469,21 +357,8 @@ fn read_all(mut f: File) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wait_parsing() {
-        assert_eq!(wait_from_env(None).unwrap(), DEFAULT_WAIT);
-        assert_eq!(wait_from_env(Some("")).unwrap(), DEFAULT_WAIT);
-        assert_eq!(wait_from_env(Some("3")).unwrap(), Duration::from_secs(3));
-        assert_eq!(
-            wait_from_env(Some("0.5")).unwrap(),
-            Duration::from_millis(500)
-        );
-        for bad in ["0", "-1", "x", "3601", "NaN", "inf"] {
-            let e = wait_from_env(Some(bad)).unwrap_err().to_string();
-            assert!(e.contains(WAIT_ENV), "{bad}: {e}");
-        }
-    }
+    use crate::deadline::TimedOut;
+    use std::time::Instant;
 
     #[test]
     fn secrets_are_masked() {
@@ -500,12 +375,6 @@ mod tests {
         let e = c.failed(&out).to_string();
         assert!(!e.contains("hunter2"));
         assert!(e.contains("exit status 8") && e.ends_with(": a; b"), "{e}");
-    }
-
-    #[test]
-    fn seconds_for_messages() {
-        assert_eq!(secs(Duration::from_secs(20)), "20 s");
-        assert_eq!(secs(Duration::from_millis(1500)), "1.5 s");
     }
 
     #[test]
@@ -541,26 +410,6 @@ mod tests {
         assert!(
             e.starts_with("no-such-tool-xbh not found (looked in /sbin:"),
             "{e}"
-        );
-    }
-
-    #[test]
-    fn wait_for_times_out() {
-        let d = Deadline::after(Duration::from_millis(50));
-        let e = wait_for::<()>("waiting for Godot", &d, || Ok(None)).unwrap_err();
-        let e = e.to_string();
-        assert!(
-            e.starts_with("timed out after 0.1 s waiting for Godot"),
-            "{e}"
-        );
-        let mut n = 0;
-        assert_eq!(
-            wait_for("x", &Deadline::after(Duration::from_secs(5)), || {
-                n += 1;
-                Ok((n == 3).then_some(7))
-            })
-            .unwrap(),
-            7
         );
     }
 }
