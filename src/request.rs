@@ -88,6 +88,7 @@ impl Frontend {
             frontend_id: self.id,
             frontend_vm: self.uuid.clone(),
             mode: self.mode,
+            read_only_sharing: true,
         }
     }
 }

@@ -141,10 +141,24 @@ pub struct SharingCheck<'a, P: Platform> {
     pub frontend_id: u32,
     /// The frontend's `vm` path (upstream `FRONTEND_UUID`), `unknown` when absent.
     pub frontend_vm: String,
+    /// The mode the frontend asked for.
     pub mode: Mode,
+    /// Whether read-only users may share (upstream's `block`). DRBD's helper forbids it
+    /// (interface doc §4.8): a read-only request is then judged as a read-write one.
+    pub read_only_sharing: bool,
 }
 
 impl<P: Platform> SharingCheck<'_, P> {
+    /// The mode the rules apply to: `mode`, or `Write` for a read-only request where
+    /// read-only sharing is not allowed. Busy messages use it too.
+    pub fn judged_mode(&self) -> Mode {
+        if self.mode == Mode::Read && !self.read_only_sharing {
+            Mode::Write
+        } else {
+            self.mode
+        }
+    }
+
     /// The first conflicting holder of any of `cands`, or `None` when sharing is fine.
     /// Errors: the mounts or a node the walk reached could not be read, or a listing
     /// could not be had whole (`xs` refuses an incomplete one).
@@ -167,7 +181,7 @@ impl<P: Platform> SharingCheck<'_, P> {
     fn check_mounts(&self, cands: &[Identity]) -> Result<Option<Holder>> {
         let mounts = self.platform.local_mounts()?;
         Ok(
-            mount_conflict(cands, &mounts, self.mode).map(|m| Holder::Local {
+            mount_conflict(cands, &mounts, self.judged_mode()).map(|m| Holder::Local {
                 dev: m.dev,
                 mount_point: m.mount_point.clone(),
             }),
@@ -197,13 +211,14 @@ impl<P: Platform> SharingCheck<'_, P> {
     /// this request, by upstream's rules (its `mode` for a read-only request, `same_vm`).
     /// `ours` caches our own VM identity across calls, read only when first needed.
     fn conflicts_with(&self, dom: &str, be: &str, ours: &mut Option<OurVm>) -> Result<bool> {
-        let other_mode = match self.mode {
+        let mode = self.judged_mode();
+        let other_mode = match mode {
             Mode::Read => {
                 Mode::canonicalise_other(self.store.read(&format!("{be}/mode"))?.as_deref())
             }
             _ => Mode::Write,
         };
-        if other_mode != Mode::Write && self.mode == Mode::Read {
+        if other_mode != Mode::Write && mode == Mode::Read {
             return Ok(false);
         }
         let ours = match ours {
@@ -216,7 +231,7 @@ impl<P: Platform> SharingCheck<'_, P> {
         let other_vm = self.store.read(&format!("/local/domain/{dom}/vm"))?;
         let other_target_vm = target_vm(self.store, dom)?;
         let same = same_vm(ours, other_vm.as_deref(), other_target_vm.as_deref());
-        Ok(guest_conflicts(self.mode, other_mode, same))
+        Ok(guest_conflicts(mode, other_mode, same))
     }
 }
 
@@ -458,6 +473,7 @@ mod tests {
             frontend_id: 9,
             frontend_vm: "/vm/9".into(),
             mode,
+            read_only_sharing: true,
         }
         .check_guests(&[Identity::Dev(DEV)])
     }
@@ -495,6 +511,35 @@ mod tests {
         // The same VM is no conflict.
         f.set("/local/domain/2/vm", "/vm/9");
         assert_eq!(scan(&f, Mode::Write).unwrap(), None);
+    }
+
+    #[test]
+    fn without_read_only_sharing_a_reader_is_judged_as_a_writer() {
+        let f = guests();
+        f.set("backend/vbd/2/768/mode", "r");
+        assert_eq!(
+            scan(&f, Mode::Read).unwrap(),
+            None,
+            "upstream: readers share"
+        );
+        let me = BackendPath::parse("backend/vbd/9/768", "backend", "vbd").unwrap();
+        let p = Fake::<LinuxRules>::new("drbd");
+        let check = SharingCheck {
+            platform: &p,
+            store: &f,
+            me: &me,
+            frontend_id: 9,
+            frontend_vm: "/vm/9".into(),
+            mode: Mode::Read,
+            read_only_sharing: false,
+        };
+        assert_eq!(check.judged_mode(), Mode::Write);
+        assert!(check.check(&[Identity::Dev(DEV)]).unwrap().is_some());
+        // Read-only dom0 mounts conflict too, as for a writer.
+        let f = MemStore::default();
+        p.mounts.borrow_mut().push(m(DEV, true));
+        let check = SharingCheck { store: &f, ..check };
+        assert!(check.check(&[Identity::Dev(DEV)]).unwrap().is_some());
     }
 
     #[test]
@@ -584,6 +629,7 @@ mod tests {
             frontend_id: 5,
             frontend_vm: "/vm/five".into(),
             mode,
+            read_only_sharing: true,
         }
         .check(&[ours])
         .unwrap()
@@ -724,6 +770,7 @@ mod listing_tests {
             frontend_id: 1,
             frontend_vm: "/vm/a".into(),
             mode: Mode::Write,
+            read_only_sharing: true,
         };
         // A device number no mount uses, so only the guest listing can decide.
         let err = check

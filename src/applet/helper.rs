@@ -152,7 +152,7 @@ pub fn check_sharing(scan: &SharingCheck<Host>, what: &str, devs: &[DevNum]) -> 
         return Ok(());
     }
     if let Some(h) = scan.check_devices(devs)? {
-        return Err(busy(sharing::busy_message(what, scan.mode, &h)));
+        return Err(busy(sharing::busy_message(what, scan.judged_mode(), &h)));
     }
     Ok(())
 }

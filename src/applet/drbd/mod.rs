@@ -23,7 +23,6 @@ use crate::deadline::{Deadline, STEP_FLOOR};
 use crate::exec::Cmd;
 use crate::lock;
 use crate::log;
-use crate::mode::Mode;
 use crate::record::{self, Record};
 use crate::sharing::SharingCheck;
 use crate::watchdog;
@@ -108,11 +107,7 @@ pub fn add(be: &Backend) -> Result<()> {
         save(&rec)?;
         // DRBD semantics: no read-only sharing between guests.
         let scan = SharingCheck {
-            mode: if req.mode == Mode::Read {
-                Mode::Write
-            } else {
-                req.mode
-            },
+            read_only_sharing: false,
             frontend_vm: req.scan.frontend_vm.clone(),
             ..req.scan
         };
