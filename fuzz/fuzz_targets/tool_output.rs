@@ -7,14 +7,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xen_block_hotplug::devnum::DevNum;
-use xen_block_hotplug::platform;
-use xen_block_hotplug::platform::netbsd::vnd as nb;
 use xen_block_hotplug::applet::drbd::parse as drbd;
 use xen_block_hotplug::applet::iscsi::parse as iscsi;
 use xen_block_hotplug::applet::nbd::parse as nbd;
 use xen_block_hotplug::deadline;
->>>>>>> i10c
+use xen_block_hotplug::devnum::DevNum;
+use xen_block_hotplug::platform;
+use xen_block_hotplug::platform::netbsd::vnd as nb;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
