@@ -211,28 +211,14 @@ impl Platform for FreeBsd {
 /// filesystems), each device found by a `stat` of its `/dev` source.
 pub fn local_mounts() -> Result<Vec<Mount>> {
     use nix::libc;
-    let mut cap = 0usize;
-    let stats = loop {
-        // SAFETY: a null buffer only asks for the number of mounts.
-        let n = unsafe { libc::getfsstat(std::ptr::null_mut(), 0, libc::MNT_NOWAIT) };
-        let n = usize::try_from(n)
-            .map_err(|_| io::Error::last_os_error())
-            .context("getfsstat failed: cannot list mounts for the sharing check")?;
-        cap = cap.max(n) + 16;
-        // SAFETY: statfs is plain integers and byte arrays; all zeroes is a valid value.
-        let mut buf: Vec<libc::statfs> = (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect();
-        let bytes = libc::c_long::try_from(cap * std::mem::size_of::<libc::statfs>())
-            .context("too many mounts")?;
-        // SAFETY: the buffer holds `cap` entries and we pass its size in bytes.
-        let got = unsafe { libc::getfsstat(buf.as_mut_ptr(), bytes, libc::MNT_NOWAIT) };
-        let got = usize::try_from(got)
-            .map_err(|_| io::Error::last_os_error())
-            .context("getfsstat failed: cannot list mounts for the sharing check")?;
-        if got < cap {
-            buf.truncate(got);
-            break buf;
-        }
-    };
+    // SAFETY: `statfs` is the struct getfsstat fills, plain integers and byte arrays, and
+    // the call is given the buffer's own size in bytes.
+    let stats = unsafe {
+        super::bsd::mount_table("getfsstat", |buf: *mut libc::statfs, bytes| {
+            let bytes = libc::c_long::try_from(bytes).unwrap_or(0);
+            libc::getfsstat(buf, bytes, libc::MNT_NOWAIT)
+        })
+    }?;
     Ok(stats
         .iter()
         .filter_map(|s| {

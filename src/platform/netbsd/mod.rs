@@ -397,34 +397,13 @@ mod kernel {
     /// Every mount backed by a block device, from `getvfsstat(2)` (no waiting on stale
     /// network filesystems), each device found by a `stat` of its `/dev` source.
     fn local_mounts() -> Result<Vec<Mount>> {
-        let mut cap = 0usize;
-        let stats = loop {
-            // SAFETY: a null buffer only asks for the number of mounts.
-            let n = unsafe { libc::getvfsstat(std::ptr::null_mut(), 0, libc::MNT_NOWAIT) };
-            let n = usize::try_from(n)
-                .map_err(|_| io::Error::last_os_error())
-                .context("getvfsstat failed: cannot list mounts for the sharing check")?;
-            cap = cap.max(n) + 16;
-            // SAFETY: statvfs is plain integers and byte arrays; all zeroes is a valid value.
-            let mut buf: Vec<libc::statvfs> =
-                (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect();
-            // SAFETY: the buffer holds `cap` entries and we pass its size in bytes.
-            let got = unsafe {
-                libc::getvfsstat(
-                    buf.as_mut_ptr(),
-                    cap * std::mem::size_of::<libc::statvfs>(),
-                    libc::MNT_NOWAIT,
-                )
-            };
-            let got = usize::try_from(got)
-                .map_err(|_| io::Error::last_os_error())
-                .context("getvfsstat failed: cannot list mounts for the sharing check")?;
-            // A full buffer may mean more mounts appeared meanwhile: ask again.
-            if got < cap {
-                buf.truncate(got);
-                break buf;
-            }
-        };
+        // SAFETY: `statvfs` is the struct getvfsstat fills, plain integers and byte
+        // arrays, and the call is given the buffer's own size in bytes.
+        let stats = unsafe {
+            bsd::mount_table("getvfsstat", |buf: *mut libc::statvfs, bytes| {
+                libc::getvfsstat(buf, bytes, libc::MNT_NOWAIT)
+            })
+        }?;
         Ok(stats
             .iter()
             .filter_map(|s| {
