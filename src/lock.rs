@@ -22,6 +22,11 @@ use fs2::FileExt;
 
 pub const LOCK_DIR: &str = "/var/run/xen-hotplug";
 
+/// Where the locks of this run are: `LOCK_DIR`. The one place every caller asks.
+pub fn lock_dir() -> PathBuf {
+    PathBuf::from(LOCK_DIR)
+}
+
 /// The global lock of `block` (and of Xen's shell scripts' `claim_lock block`): held for
 /// the sharing check and the node writes of every personality.
 pub const BLOCK: &str = "block";

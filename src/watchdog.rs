@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 
 use crate::invocation::BackendPath;
-use crate::lock::{LOCK_DIR, Lock};
+use crate::lock::{self, Lock};
 use crate::log;
 use crate::report::Reporter;
 use crate::xs::XenStore;
@@ -43,7 +43,7 @@ pub fn claim_lock(dir: &Path, name: &str) -> Result<Lock> {
 
 /// `claim_lock` in the lock directory of `locking.sh`.
 pub fn lock(name: &str) -> Result<Lock> {
-    claim_lock(Path::new(LOCK_DIR), name)
+    claim_lock(&lock::lock_dir(), name)
 }
 
 pub fn deadline() -> Duration {

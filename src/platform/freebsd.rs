@@ -77,7 +77,7 @@ impl FreeBsd {
         FreeBsd {
             mounts: Box::new(local_mounts),
             stat: stat_identity,
-            lock_dir: PathBuf::from(super::LOCK_DIR),
+            lock_dir: crate::lock::lock_dir(),
         }
     }
 }

@@ -34,9 +34,6 @@ pub mod linux;
 #[cfg(any(target_os = "netbsd", target_os = "freebsd"))]
 mod bsd;
 
-/// Where the `block` lock of `locking.sh` lives on every dom0 OS (interface doc §6).
-pub const LOCK_DIR: &str = crate::lock::LOCK_DIR;
-
 /// What the sharing check compares: a disk as its users reach it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Identity {
@@ -223,7 +220,7 @@ pub trait Platform {
 
     /// Where the `block` lock lives.
     fn lock_dir(&self) -> PathBuf {
-        PathBuf::from(LOCK_DIR)
+        crate::lock::lock_dir()
     }
 
     /// The remove records (`record`): saved atomically, loaded, deleted.

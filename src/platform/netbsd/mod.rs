@@ -56,7 +56,7 @@ pub trait Sys {
     fn local_mounts(&self) -> Result<Vec<Mount>>;
     /// Where the `block` lock lives.
     fn lock_dir(&self) -> PathBuf {
-        PathBuf::from(super::LOCK_DIR)
+        crate::lock::lock_dir()
     }
     /// The remove records.
     fn save_record(&self, key: &str, rec: &Record) -> Result<()> {
