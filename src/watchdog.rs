@@ -33,11 +33,21 @@ pub fn phase(what: impl Into<Cow<'static, str>>) {
     }
 }
 
+/// What the run is doing while it waits for, then holds, the lock `name`: a stuck
+/// `block-iscsi` lock must not be reported as the `block` lock.
+fn lock_phases(name: &str) -> (String, String) {
+    (
+        format!("waiting for the {name} lock"),
+        format!("holding the {name} lock"),
+    )
+}
+
 /// The lock `name` in `dir`, the phase saying which lock the run waits for and holds.
 pub fn claim_lock(dir: &Path, name: &str) -> Result<Lock> {
-    phase(format!("waiting for the {name} lock"));
+    let (waiting, holding) = lock_phases(name);
+    phase(waiting);
     let l = Lock::claim_in(dir, name);
-    phase(format!("holding the {name} lock"));
+    phase(holding);
     l
 }
 
@@ -83,5 +93,33 @@ pub fn start(backend: BackendPath, reporter: Arc<Reporter>) {
         });
     if let Err(e) = spawned {
         log::err(&format!("cannot start the watchdog thread: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_name_the_lock_waited_for() {
+        let want = |w: &str, h: &str| (w.to_string(), h.to_string());
+        assert_eq!(
+            lock_phases(lock::BLOCK),
+            want("waiting for the block lock", "holding the block lock")
+        );
+        assert_eq!(
+            lock_phases(lock::ISCSI),
+            want(
+                "waiting for the block-iscsi lock",
+                "holding the block-iscsi lock"
+            )
+        );
+        assert_eq!(
+            lock_phases(lock::DRBD),
+            want(
+                "waiting for the block-drbd lock",
+                "holding the block-drbd lock"
+            )
+        );
     }
 }
