@@ -17,7 +17,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use fs2::FileExt;
 
 pub const LOCK_DIR: &str = "/var/run/xen-hotplug";
@@ -36,6 +35,19 @@ pub const ISCSI: &str = "block-iscsi";
 pub const NBD: &str = "block-nbd";
 pub const DRBD: &str = "block-drbd";
 
+/// Why a lock could not be taken: which step failed on which path, with the OS error.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot create lock directory {}", .path.display())]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot open lock file {}", .path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot lock {}", .path.display())]
+    Flock { path: PathBuf, source: io::Error },
+    #[error("cannot stat {}", .path.display())]
+    Stat { path: PathBuf, source: io::Error },
+}
+
 pub struct Lock {
     path: PathBuf,
     // Held for its flock; dropped after the unlink.
@@ -47,9 +59,11 @@ impl Lock {
     /// Blocks until the lock `name` in `dir` is held. Errors: the directory or the file
     /// cannot be created, opened, locked or stat-ed (the OS error is the cause). Callers
     /// that run under the watchdog use `watchdog::claim_lock`, which says what we wait for.
-    pub fn claim_in(dir: &Path, name: &str) -> Result<Lock> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create lock directory {}", dir.display()))?;
+    pub fn claim_in(dir: &Path, name: &str) -> Result<Lock, LockError> {
+        fs::create_dir_all(dir).map_err(|source| LockError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join(name);
         loop {
             let file = OpenOptions::new()
@@ -59,17 +73,21 @@ impl Lock {
                 .truncate(false)
                 .mode(0o644)
                 .open(&path)
-                .with_context(|| format!("cannot open lock file {}", path.display()))?;
+                .map_err(|source| LockError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
             loop {
                 match file.lock_exclusive() {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-                    }
+                    Err(source) => return Err(LockError::Flock { path, source }),
                 }
             }
-            let held = file.metadata().context("cannot fstat lock file")?;
+            let held = file.metadata().map_err(|source| LockError::Stat {
+                path: path.clone(),
+                source,
+            })?;
             match fs::metadata(&path) {
                 Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
                     return Ok(Lock {
@@ -81,9 +99,7 @@ impl Lock {
                 // Unlinked or replaced by the previous holder: retry on the new file.
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot stat {}", path.display()));
-                }
+                Err(source) => return Err(LockError::Stat { path, source }),
             }
         }
     }

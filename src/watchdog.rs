@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 
 use crate::invocation::BackendPath;
-use crate::lock::{self, Lock};
+use crate::lock::{self, Lock, LockError};
 use crate::log;
 use crate::report::Reporter;
 use crate::xs::XenStore;
@@ -43,7 +43,7 @@ fn lock_phases(name: &str) -> (String, String) {
 }
 
 /// The lock `name` in `dir`, the phase saying which lock the run waits for and holds.
-pub fn claim_lock(dir: &Path, name: &str) -> Result<Lock> {
+pub fn claim_lock(dir: &Path, name: &str) -> Result<Lock, LockError> {
     let (waiting, holding) = lock_phases(name);
     phase(waiting);
     let l = Lock::claim_in(dir, name);
@@ -52,7 +52,7 @@ pub fn claim_lock(dir: &Path, name: &str) -> Result<Lock> {
 }
 
 /// `claim_lock` in the lock directory of `locking.sh`.
-pub fn lock(name: &str) -> Result<Lock> {
+pub fn lock(name: &str) -> Result<Lock, LockError> {
     claim_lock(&lock::lock_dir(), name)
 }
 

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::backend::Backend;
 use crate::invocation::Action;
-use crate::lock::Lock;
+use crate::lock::{self, Lock};
 use crate::log;
 use crate::mode::Mode;
 use crate::platform::{Device, FileTarget, Identity, LegacyNodes, Platform, Target};
@@ -33,9 +33,6 @@ use crate::request::{
 use crate::script::Script;
 use crate::sharing::{self, SharingCheck};
 use crate::watchdog;
-
-/// The `block` lock's name, shared with upstream's `locking.sh` (interface doc §6).
-pub const BLOCK_LOCK: &str = "block";
 
 /// Runs `block add` or `block remove` for `be` on platform `p`.
 pub fn run<P: Platform>(p: &P, action: Action, be: &Backend, script: &Script) -> Result<()> {
@@ -70,7 +67,7 @@ fn add<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
 }
 
 fn claim_lock<P: Platform>(p: &P) -> Result<Lock> {
-    watchdog::claim_lock(&p.lock_dir(), BLOCK_LOCK)
+    Ok(watchdog::claim_lock(&p.lock_dir(), lock::BLOCK)?)
 }
 
 fn log_held(lock: &Lock) {
