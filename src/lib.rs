@@ -17,6 +17,7 @@ pub mod log;
 pub mod mode;
 pub mod mountinfo;
 pub mod os;
+pub mod paths;
 pub mod request;
 pub mod script;
 pub mod sharing;

@@ -1,7 +1,7 @@
 //! The `block` lock, bit-for-bit the protocol of Xen's `locking.sh` (interface doc §6), so
 //! that we and the shell scripts exclude each other:
 //!
-//! 1. open `/var/run/xen-hotplug/<name>` read-write, creating it;
+//! 1. open `/var/run/xen-hotplug/<name>` (`paths::lock_dir`) read-write, creating it;
 //! 2. `flock(LOCK_EX)`;
 //! 3. compare `fstat` of the fd with `stat` of the path: a previous holder may have
 //!    unlinked the file (release) between our open and our flock, in which case we hold a
@@ -20,7 +20,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use fs2::FileExt;
 
-pub const LOCK_DIR: &str = "/var/run/xen-hotplug";
+/// The fixed lock directory (`paths::LOCK_DIR`); `paths::lock_dir()` is where the locks
+/// are, which tests move.
+pub const LOCK_DIR: &str = crate::paths::LOCK_DIR;
 
 pub struct Lock {
     path: PathBuf,
@@ -33,7 +35,7 @@ impl Lock {
     /// Blocks until the named lock is held.
     pub fn claim(name: &str) -> Result<Lock> {
         crate::watchdog::phase("waiting for the block lock");
-        let l = Self::claim_in(Path::new(LOCK_DIR), name);
+        let l = Self::claim_in(&crate::paths::lock_dir(), name);
         crate::watchdog::phase("holding the block lock");
         l
     }

@@ -2,7 +2,7 @@
 //!
 //! The backend nodes can be gone when `remove` runs (forced teardowns, `xl` crashes), and
 //! upstream then leaks the loop device. So `add` records what it attached in a small file
-//! under `/var/run/xen-hotplug/xen-block-hotplug/`, named after the backend path, and `remove`
+//! under `/var/run/xen-hotplug/xen-block-hotplug/` (`paths::record_dir`), named after the backend path, and `remove`
 //! deletes it. The record is written before the loop is bound and completed after, so a
 //! kill at any point leaves either no loop or a record that finds it.
 
@@ -14,9 +14,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 
-/// Under `/var/run` (on Linux a link to `/run`), which every Xen dom0 OS has and clears at
-/// boot, like the records themselves should be.
-pub const STATE_DIR: &str = "/var/run/xen-hotplug/xen-block-hotplug";
+use crate::paths;
+
+/// The fixed record directory (`paths::RECORD_DIR`); `paths::record_dir()` is where they
+/// are, which tests move.
+pub const STATE_DIR: &str = crate::paths::RECORD_DIR;
 
 /// A record: ordered `key=value` lines. Values never contain newlines (checked on write).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,14 +75,15 @@ impl Record {
 }
 
 fn path_for(key: &str) -> PathBuf {
-    PathBuf::from(STATE_DIR).join(key)
+    paths::record_dir().join(key)
 }
 
 /// Writes the record for `key` atomically (temporary file, then rename).
 pub fn save(key: &str, rec: &Record) -> Result<()> {
-    fs::create_dir_all(STATE_DIR).with_context(|| format!("cannot create {STATE_DIR}"))?;
-    let path = path_for(key);
-    let tmp = PathBuf::from(STATE_DIR).join(format!(".{key}.{}", std::process::id()));
+    let dir = paths::record_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(key);
+    let tmp = dir.join(format!(".{key}.{}", std::process::id()));
     let write = || -> io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)

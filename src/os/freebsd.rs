@@ -20,7 +20,6 @@ use super::freebsd_logic as fb;
 use crate::backend::Backend;
 use crate::devnum::DevNum;
 use crate::invocation::{self, Action, LinuxEnv, Request, UsageError};
-use crate::lock::LOCK_DIR;
 use crate::log;
 use crate::mountinfo::Mount;
 use crate::script::Script;
@@ -92,7 +91,7 @@ pub fn block(action: Action, be: &Backend, script: &Script) -> Result<()> {
             script,
             &fb::System {
                 mounts: &local_mounts,
-                lock_dir: Path::new(LOCK_DIR),
+                lock_dir: &crate::paths::lock_dir(),
             },
         ),
         Action::Remove => {

@@ -201,7 +201,7 @@ pub fn recorded_device(rec: &Record) -> Option<(String, DevNum, Option<u64>)> {
 
 /// Every remove record of `kind` except ours, with its key.
 pub fn other_records(kind: &str, own_key: &str) -> Vec<(String, Record)> {
-    let Ok(entries) = std::fs::read_dir(state::STATE_DIR) else {
+    let Ok(entries) = std::fs::read_dir(crate::paths::record_dir()) else {
         return Vec::new();
     };
     let mut out = Vec::new();
