@@ -59,6 +59,7 @@ lint: test-deps
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	@if [ -x tests/support/cross-check ]; then tests/support/cross-check; fi
 
+# Unit tests, then the integration tests: one binary, tests/it (`cargo test --test it`).
 cargo-test: test-deps
 	$(CARGO) test --locked -- --test-threads=4
 

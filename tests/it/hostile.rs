@@ -1276,7 +1276,6 @@ fn cases() -> Vec<Case> {
         "corrupt remove record",
         Want::RemoveError("corrupt remove record"),
         Box::new(|fx, v| {
-            fs::create_dir_all("/run/xen-hotplug/xen-block-hotplug").unwrap();
             fs::write(record_path(v), format!("garbage\nnode={}\n", fx.dev.path)).unwrap();
             Inv {
                 action: Some("remove"),
@@ -1296,7 +1295,6 @@ fn cases() -> Vec<Case> {
                 l.hex()
             );
             fx.extra_loops.borrow_mut().push(l);
-            fs::create_dir_all("/run/xen-hotplug/xen-block-hotplug").unwrap();
             fs::write(record_path(v), rec).unwrap();
             Inv {
                 action: Some("remove"),
@@ -1318,7 +1316,6 @@ fn cases() -> Vec<Case> {
                 m.ino(),
                 fx.dev.path
             );
-            fs::create_dir_all("/run/xen-hotplug/xen-block-hotplug").unwrap();
             fs::write(record_path(v), rec).unwrap();
             Inv {
                 action: Some("remove"),
@@ -1331,7 +1328,6 @@ fn cases() -> Vec<Case> {
         "record naming /dev/null",
         Want::KeptLoop,
         Box::new(|_, v| {
-            fs::create_dir_all("/run/xen-hotplug/xen-block-hotplug").unwrap();
             fs::write(
                 record_path(v),
                 "backing=fe:1:1\nkind=loop\nnode=/dev/null\nrdev=1:3\n",
