@@ -10,7 +10,6 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use nix::libc;
