@@ -15,6 +15,7 @@ mod rel;
 mod block;
 mod exhaust;
 mod faults;
+mod harness;
 mod helpers_drbd;
 mod helpers_iscsi;
 mod helpers_nbd;
