@@ -735,7 +735,8 @@ fn an_unfinished_earlier_attach_is_cleaned_up_not_leaked() {
     assert_eq!(
         loops.len(),
         1,
-        "old loop {first} detached, one new: {loops:?}"
+        "old loop {first} detached, one new: {loops:?}; log:\n{}",
+        r.log
     );
     assert_eq!(xs.run("block", &v, "remove").status, 0);
     assert!(loops_of(&img).is_empty());
