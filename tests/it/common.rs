@@ -376,15 +376,27 @@ pub struct Loop {
 
 impl Loop {
     pub fn attach(image: &Path, read_only: bool) -> Loop {
-        let mut cmd = Command::new("losetup");
-        cmd.arg("-f").arg("--show");
-        if read_only {
-            cmd.arg("-r");
-        }
-        let out = cmd.arg(image).output().unwrap();
+        // `losetup -f` takes the free loop the kernel names, then opens it: a loop another
+        // process is detaching meanwhile refuses the open (ENXIO), and util-linux does not
+        // retry that. With many tests attaching and detaching at once, try again.
+        let mut tries = 0;
+        let out = loop {
+            let mut cmd = Command::new("losetup");
+            cmd.arg("-f").arg("--show");
+            if read_only {
+                cmd.arg("-r");
+            }
+            let out = cmd.arg(image).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            tries += 1;
+            if out.status.success() || !err.contains("No such device or address") || tries == 10 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(
             out.status.success(),
-            "losetup: {}",
+            "losetup ({tries} tries): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
