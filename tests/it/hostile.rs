@@ -1445,6 +1445,9 @@ fn params_swapped_for_a_symlink_between_checks() {
     let held_ino = fs::metadata(&held).unwrap().ino();
     let free_ino = fs::metadata(&free).unwrap().ino();
     let p = t.join("params");
+    // `params` exists before the first add: from then on every rename replaces it
+    // atomically, so it always names one of the two images.
+    fs::hard_link(&free, &p).unwrap();
     let stop = AtomicBool::new(false);
     let (mut granted_free, mut busy, mut other) = (0, 0, Vec::new());
     std::thread::scope(|s| {
