@@ -469,7 +469,8 @@ pub fn loops_of(image: &Path) -> Vec<String> {
             let name = l.trim_start_matches("/dev/");
             fs::read_to_string(format!("/sys/block/{name}/loop/autoclear"))
                 .map(|v| v.trim() == "1")
-                .unwrap_or(false)
+                // No `loop/` directory: the kernel is tearing it down right now.
+                .unwrap_or(true)
         });
         if !pending || Instant::now() > deadline {
             return loops;
