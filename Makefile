@@ -59,12 +59,14 @@ lint: test-deps
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	@if [ -x tests/support/cross-check ]; then tests/support/cross-check; fi
 
+# Unit tests, then the integration tests: one binary, tests/it (`cargo test --test it`).
+# Both test suites run with the host's /var/run/xen-hotplug read-only (tests/support/hermetic).
 cargo-test: test-deps
-	$(CARGO) test --locked -- --test-threads=4
+	tests/support/hermetic $(CARGO) test --locked -- --test-threads=4
 
 bats: test-deps
 	$(CARGO) build --locked
-	bats --print-output-on-failure tests/bats
+	tests/support/hermetic bats --print-output-on-failure tests/bats
 
 # A short run of every fuzz target (about 5 s each; the first build takes minutes).
 fuzz-smoke:

@@ -50,13 +50,7 @@ pub const SYSTEM_DIRS: &[&str] = &[
 /// The test root, when the test-only variable names an absolute directory owned by us
 /// and writable by nobody else (a stray value cannot hand the tools to another user).
 pub fn test_root() -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let v = std::env::var_os(TEST_ROOT_ENV)?;
-    let p = PathBuf::from(v);
-    let meta = std::fs::metadata(&p).ok()?;
-    let ours =
-        meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o022 == 0;
-    (p.is_absolute() && ours).then_some(p)
+    crate::paths::override_dir(TEST_ROOT_ENV)
 }
 
 /// A system path (`/dev/disk/by-path`, `/sys/block`, ...), re-rooted under the test root

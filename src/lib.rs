@@ -19,6 +19,7 @@ pub mod lock;
 pub mod log;
 pub mod mode;
 pub mod mountinfo;
+pub mod paths;
 pub mod platform;
 pub mod record;
 pub mod report;

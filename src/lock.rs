@@ -19,11 +19,13 @@ use std::time::Instant;
 
 use fs2::FileExt;
 
-pub const LOCK_DIR: &str = "/var/run/xen-hotplug";
+/// The fixed lock directory (`paths::LOCK_DIR`); `lock_dir()` is where the locks are,
+/// which tests move (`paths`).
+pub const LOCK_DIR: &str = crate::paths::LOCK_DIR;
 
 /// Where the locks of this run are: `LOCK_DIR`. The one place every caller asks.
 pub fn lock_dir() -> PathBuf {
-    PathBuf::from(LOCK_DIR)
+    crate::paths::lock_dir()
 }
 
 /// The global lock of `block` (and of Xen's shell scripts' `claim_lock block`): held for

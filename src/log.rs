@@ -55,9 +55,6 @@ pub fn redirect_stderr() {
     }
 }
 
-/// Where syslogd listens: Linux `/dev/log`; NetBSD and FreeBSD `/var/run/log`.
-const SYSLOG_SOCKETS: [&str; 2] = ["/dev/log", "/var/run/log"];
-
 /// Connected once per run to the socket that listens; `None` inside when none does, so
 /// later lines go to stderr without trying again.
 static SYSLOG: OnceLock<Option<UnixDatagram>> = OnceLock::new();
@@ -65,7 +62,8 @@ static SYSLOG: OnceLock<Option<UnixDatagram>> = OnceLock::new();
 fn syslog(level: u8, msg: &str) -> bool {
     let line = format!("<{}>root: {}: {}", LOG_DAEMON | level, prefix(), msg);
     let sock = SYSLOG.get_or_init(|| {
-        SYSLOG_SOCKETS.iter().find_map(|p| {
+        // Where syslogd listens (`paths::syslog_sockets`: /dev/log, /var/run/log).
+        crate::paths::syslog_sockets().iter().find_map(|p| {
             let s = UnixDatagram::unbound().ok()?;
             s.connect(p).ok()?;
             Some(s)

@@ -33,9 +33,9 @@ use std::path::PathBuf;
 use crate::devnum::DevNum;
 use crate::mode::Mode;
 
-/// Under `/var/run` (on Linux a link to `/run`), which every Xen dom0 OS has and clears at
-/// boot, like the records themselves should be.
-pub const RECORD_DIR: &str = "/var/run/xen-hotplug/xen-block-hotplug";
+/// The fixed record directory (`paths::RECORD_DIR`); `dir()` is where the records are,
+/// which tests move (`paths::record_dir`).
+pub const RECORD_DIR: &str = crate::paths::RECORD_DIR;
 
 /// A block device as published in xenstore: its path (symbolic links resolved, the
 /// `node` field), device number (`rdev`, Linux hex `major:minor`) and disk sequence number
@@ -437,9 +437,9 @@ impl Record {
     }
 }
 
-/// Where the records live: the one place to change for a test-only override.
-fn dir() -> PathBuf {
-    PathBuf::from(RECORD_DIR)
+/// Where the records live (`paths::record_dir`: the test-only override, else `RECORD_DIR`).
+pub fn dir() -> PathBuf {
+    crate::paths::record_dir()
 }
 
 fn path_for(key: &str) -> PathBuf {

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use xen_block_hotplug::invocation::{
-    self, BackendPath, LinuxEnv, Request, UsageError, parse_freebsd, parse_linux, parse_netbsd,
+    BackendPath, LinuxEnv, Request, UsageError, parse_freebsd, parse_linux, parse_netbsd,
 };
 
 fn check(b: &BackendPath) {
@@ -75,5 +75,4 @@ fuzz_target!(|data: &[u8]| {
             check(&b);
         }
     }
-    let _ = invocation::Action::Add;
 });

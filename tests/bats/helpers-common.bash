@@ -22,6 +22,9 @@ helpers_teardown() {
 # WAIT=<seconds> sets XEN_BLOCK_HOTPLUG_WAIT.
 helper() {
     env -i PATH="$PATH" XENSTORED_PATH="$XENSTORED_PATH" XEN_LOG_DIR="$XEN_LOG_DIR" \
+        XEN_BLOCK_HOTPLUG_LOCK_DIR="$XEN_BLOCK_HOTPLUG_LOCK_DIR" \
+        XEN_BLOCK_HOTPLUG_RECORD_DIR="$XEN_BLOCK_HOTPLUG_RECORD_DIR" \
+        XEN_BLOCK_HOTPLUG_SYSLOG="$XEN_BLOCK_HOTPLUG_SYSLOG" \
         script="$SCRIPTS/$1" XENBUS_TYPE=vbd XENBUS_PATH="$2" XENBUS_BASE_PATH=backend \
         XEN_BLOCK_HOTPLUG_TEST_ROOT="$FAKE" ${WAIT:+XEN_BLOCK_HOTPLUG_WAIT=$WAIT} \
         "$SCRIPTS/$1" "$3" </dev/null
@@ -32,6 +35,8 @@ loop_of() {
     echo "/dev/loop$((16#$(stat -c %T "$1")))"
 }
 
+# The remove record of backend BE: in the file's record directory, named as
+# `BackendPath::record_key` names it (the relative path, '/' as '-').
 record_of() {
-    echo "/run/xen-hotplug/xen-block-hotplug/${1//\//-}"
+    echo "$XEN_BLOCK_HOTPLUG_RECORD_DIR/${1//\//-}"
 }

@@ -14,6 +14,16 @@ xbh_setup_file() {
     echo $! > "$BATS_FILE_TMPDIR/xsd.pid"
     export XENSTORED_PATH="$XSD_DIR/run/socket"
     export XEN_LOG_DIR="$BATS_FILE_TMPDIR/log"
+    # Hermetic: the file's own lock and remove-record directories, and a syslog socket
+    # nobody listens on (every line goes to the log file, on any host), through the
+    # test-only variables of src/paths.rs. They are honoured only for directories owned
+    # by us and writable by nobody else, hence the modes.
+    local run="$BATS_FILE_TMPDIR/run"
+    mkdir -p -m 755 "$run/xen-hotplug/xen-block-hotplug" "$BATS_FILE_TMPDIR/syslog"
+    chmod 755 "$run" "$run/xen-hotplug" "$BATS_FILE_TMPDIR/syslog"
+    export XEN_BLOCK_HOTPLUG_LOCK_DIR="$run/xen-hotplug"
+    export XEN_BLOCK_HOTPLUG_RECORD_DIR="$run/xen-hotplug/xen-block-hotplug"
+    export XEN_BLOCK_HOTPLUG_SYSLOG="$BATS_FILE_TMPDIR/syslog/socket"
     for _ in $(seq 100); do
         xenstore-read /tool/xenstored >/dev/null 2>&1 && return 0
         sleep 0.05
@@ -27,13 +37,17 @@ xbh_teardown_file() {
     wait 2>/dev/null || true
 }
 
-# A frontend domain id unique to this test run.
+# A frontend domain id no other test holds: the allocator of the Rust tests
+# (tests/it/common.rs `domids`), the next free id in a counter file locked with flock(2),
+# wrapping within 1000..31999.
 next_domid() {
-    local f="$BATS_FILE_TMPDIR/domid"
-    local n
-    n=$(cat "$f" 2>/dev/null || echo $((30000 + $$ % 1000)))
-    echo $((n + 1)) > "$f"
-    echo "$n"
+    local f="${TMPDIR:-/tmp}/xen-block-hotplug-tests.domid"
+    flock "$f" sh -c '
+        n=$(cat "$1" 2>/dev/null)
+        case "$n" in "" | *[!0-9]*) n=1000 ;; esac
+        if [ "$n" -lt 1000 ] || [ "$n" -ge 32000 ]; then n=1000; fi
+        echo $((n + 1)) > "$1"
+        echo "$n"' sh "$f"
 }
 
 # new_vbd PARAMS MODE: writes a backend as libxl does (state 2) and prints its path.
@@ -50,6 +64,9 @@ new_vbd() {
 # hotplug BE ACTION: runs the installed `block` the way libxl does.
 hotplug() {
     env -i PATH="$PATH" XENSTORED_PATH="$XENSTORED_PATH" XEN_LOG_DIR="$XEN_LOG_DIR" \
+        XEN_BLOCK_HOTPLUG_LOCK_DIR="$XEN_BLOCK_HOTPLUG_LOCK_DIR" \
+        XEN_BLOCK_HOTPLUG_RECORD_DIR="$XEN_BLOCK_HOTPLUG_RECORD_DIR" \
+        XEN_BLOCK_HOTPLUG_SYSLOG="$XEN_BLOCK_HOTPLUG_SYSLOG" \
         script="$SCRIPTS/block" XENBUS_TYPE=vbd XENBUS_PATH="$1" XENBUS_BASE_PATH=backend \
         "$SCRIPTS/block" "$2" </dev/null
 }

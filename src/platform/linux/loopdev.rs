@@ -128,6 +128,10 @@ pub fn loops_backed_by(dev: DevNum, ino: u64) -> Result<Vec<(String, DevNum)>> {
             Ok(f) => f,
             // Detached and removed while we looked.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Being detached (the kernel's `Lo_rundown`: LOOP_CLR_FD by its only opener,
+            // completed asynchronously; drivers/block/loop.c `lo_open`): it refuses every
+            // open, so nobody can use it any more.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot open {path}")),
         };
         let rdev = split_dev(file.metadata()?.rdev());

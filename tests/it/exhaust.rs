@@ -1,19 +1,15 @@
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Exhausted resources: a full `/run` (no room for the remove record), `/run` out of
 //! inodes or read-only (no lock file), a full or unwritable log directory. Each run happens
-//! in a private mount namespace (`unshare -m`) whose `/run` (or log directory) is a small
-//! tmpfs of the test's own; the daemon's socket lives under /tmp, outside it. Whatever is
+//! in a private mount namespace (`unshare -m`) where the test's stand-in for `/run`
+//! (`$RUN`, holding its lock and record directories) or its log directory is a small
+//! tmpfs; the daemon's socket lives outside it. Whatever is
 //! exhausted, the add must still report correctly: `connected` and exit 0 when it could do
 //! its job, else `hotplug-error`, `hotplug-status=error` and exit 1, with no loop left.
 
-mod common;
-mod rel;
-
 use std::process::{Command, Stdio};
 
-use common::*;
-use rel::*;
+use crate::common::*;
+use crate::rel::*;
 
 struct Ran {
     code: i32,
@@ -22,18 +18,21 @@ struct Ran {
 }
 
 /// Runs our `block <action>` for `v` after `setup` (shell, as root, in a private mount
-/// namespace). `$LOGDIR` is the log directory the run uses.
+/// namespace). `$LOGDIR` is the log directory the run uses, `$RUN` the test's `/run`.
 fn run_in_ns(xs: &Xenstored, v: &Vbd, action: &str, setup: &str, logdir: &str) -> Ran {
     let script = our_block(xs);
     let trace = std::env::var("XBH_EXHAUST_STRACE").unwrap_or_default();
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c"])
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "set -e\n{setup}\nset +e\nexec {trace} \"$SCRIPT\" {action}"
         ))
-        .env_clear()
+        .env_clear();
+    let out = xs
+        .hermetic(&mut cmd)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("SCRIPT", &script)
+        .env("RUN", &xs.run)
         .env("LOGDIR", logdir)
         .env("XEN_LOG_DIR", logdir)
         .env("XENSTORED_PATH", &xs.socket)
@@ -54,14 +53,25 @@ fn logdir(t: &TempDir) -> String {
     t.join("log").to_str().unwrap().to_string()
 }
 
-/// A private tmpfs on /run of `pages` pages with all but `free` of them filled.
-fn full_run(pages: u32, free: u32) -> String {
+/// A tmpfs on `$RUN` with the lock and record directories made as the harness makes them
+/// (mode 0755: the binary honours only directories nobody else may write), then `fill`.
+fn tmpfs_run(options: &str, fill: &str) -> String {
     format!(
-        "mount -t tmpfs -o size={}k tmpfs /run\n\
-         mkdir -p /run/xen-hotplug/xen-block-hotplug\n\
-         dd if=/dev/zero of=/run/fill bs=4096 count={} 2>/dev/null || true",
-        pages * 4,
-        pages - free
+        "mount -t tmpfs -o {options} tmpfs \"$RUN\"\n\
+         mkdir -m 755 -p \"$RUN/xen-hotplug/xen-block-hotplug\"\n\
+         chmod 755 \"$RUN/xen-hotplug\"\n\
+         {fill}"
+    )
+}
+
+/// A tmpfs `$RUN` of `pages` pages with all but `free` of them filled.
+fn full_run(pages: u32, free: u32) -> String {
+    tmpfs_run(
+        &format!("size={}k", pages * 4),
+        &format!(
+            "dd if=/dev/zero of=\"$RUN/fill\" bs=4096 count={} 2>/dev/null || true",
+            pages - free
+        ),
     )
 }
 
@@ -124,10 +134,12 @@ fn run_without_inodes_or_read_only_fails_cleanly() {
     let img = image(&t, "file.img", 8);
     let _c = Cleanup(img.clone());
     let dev = Loop::attach(&image(&t, "dev.img", 8), false);
-    let no_inodes = "mount -t tmpfs -o size=1m,nr_inodes=8 tmpfs /run\n\
-                     i=0; while touch /run/f$i 2>/dev/null; do i=$((i+1)); done";
-    let read_only = "mount -t tmpfs -o ro tmpfs /run";
-    for (what, setup) in [("no inodes", no_inodes), ("read-only", read_only)] {
+    let no_inodes = tmpfs_run(
+        "size=1m,nr_inodes=8",
+        "i=0; while touch \"$RUN/f$i\" 2>/dev/null; do i=$((i+1)); done",
+    );
+    let read_only = tmpfs_run("size=1m", "mount -o remount,ro \"$RUN\"");
+    for (what, setup) in [("no inodes", &no_inodes), ("read-only", &read_only)] {
         for target in [dev.path.as_str(), img.to_str().unwrap()] {
             let v = guest(&xs, target, "w");
             let r = run_in_ns(&xs, &v, "add", setup, &logdir(&t));

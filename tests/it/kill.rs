@@ -1,5 +1,3 @@
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! SIGKILL at random points: of our `block add` and `block remove` (what libxl does at its
 //! 40 s timeout, and what an OOM kill or a crash of the host's tooling looks like), and of
 //! the xenstore daemon under a running add.
@@ -17,18 +15,15 @@
 //! Sizes: `XBH_KILL_TRIALS` (default 60) and `XBH_XSKILL_TRIALS` (default 12); seed
 //! `XBH_SEED`. Figures are printed as `kill: ...` lines and recorded in RELIABILITY.md.
 
-mod common;
-mod rel;
-
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::rel::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rel::*;
-use xen_block_hotplug::lock::{LOCK_DIR, Lock};
+use xen_block_hotplug::lock::Lock;
 
 /// How long our add and remove of a file take here (medians of 7), to spread the kills
 /// over them.
@@ -51,11 +46,12 @@ fn calibrate(xs: &Xenstored, img: &str) -> (Duration, Duration) {
     (add[3], rm[3])
 }
 
-/// The `block` lock can be taken now (within 10 s, for other tests' short holds).
-fn lock_not_wedged() {
+/// The test's `block` lock can be taken now (within 10 s).
+fn lock_not_wedged(xs: &Xenstored) {
     let (tx, rx) = mpsc::channel();
+    let locks = xs.locks.clone();
     std::thread::spawn(move || {
-        let l = Lock::claim_in(std::path::Path::new(LOCK_DIR), "block");
+        let l = Lock::claim_in(&locks, "block");
         let _ = tx.send(l.is_ok());
     });
     assert_eq!(
@@ -124,7 +120,7 @@ fn sigkill_of_add_and_remove_at_random_points() {
             assert_eq!(ours(&xs, &v, "add"), 0, "trial {trial}");
             let d = Duration::from_micros(rng.below(t_rm.as_micros() as u64 * 6 / 5 + 1));
             let landed = run_and_kill(&xs, &v, "remove", d);
-            lock_not_wedged();
+            lock_not_wedged(&xs);
             let when = format!("trial {trial}: remove killed after {d:?}");
             if !phy {
                 loops_are_recorded(&img, &v, &when);
@@ -145,7 +141,7 @@ fn sigkill_of_add_and_remove_at_random_points() {
         } else {
             let d = Duration::from_micros(rng.below(t_add.as_micros() as u64 * 6 / 5 + 1));
             let landed = run_and_kill(&xs, &v, "add", d);
-            lock_not_wedged();
+            lock_not_wedged(&xs);
             let when = format!("trial {trial}: add killed after {d:?}");
             if !phy {
                 loops_are_recorded(&img, &v, &when);
@@ -236,8 +232,8 @@ fn xenstored_killed_under_a_running_add() {
                 loops_are_recorded(&img, &v, &format!("trial {trial}"));
                 assert_eq!(loops_of(&img).len(), 1);
                 // A fresh daemon without any of the backend's nodes: the record is enough.
+                let xs2 = xs.start_on_same_host();
                 drop(xs);
-                let xs2 = Xenstored::start();
                 assert_eq!(ours(&xs2, &v, "remove"), 0, "trial {trial}: remove");
             }
             Some(1) => {

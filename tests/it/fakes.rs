@@ -2,7 +2,6 @@
 //! `bin/` holds the fakes of this directory, `state/` their state, `dev/` and `sys/` the
 //! stand-ins for `/dev/disk/by-path`, `/dev/mapper`, `/dev/nbdN` and `/sys/block`.
 //! Dropping it detaches every loop device the fakes attached (only those).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -117,11 +116,6 @@ pub fn backing_file_of(dev: &str) -> Option<String> {
         return crate::common::backing_of(&name);
     }
     None
-}
-
-/// `major:minor` in hex of a block special file (a node the fakes made).
-pub fn node_hex(path: &str) -> String {
-    crate::common::dev_hex(path)
 }
 
 /// The loop device a node in the test root stands for (same device number).

@@ -1,15 +1,14 @@
-//! Our `block` lock and Debian's real `/etc/xen/scripts/locking.sh` exclude each other,
-//! in both directions, on the real `/var/run/xen-hotplug/block`.
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+//! Our `block` lock and Debian's real, unmodified `/etc/xen/scripts/locking.sh` exclude
+//! each other, in both directions. Both sides use the real protocol on the same file: the
+//! test's `<run>/xen-hotplug/block`, which the shell sees as `/var/run/xen-hotplug/block`
+//! in its private mount namespace (`common::in_private_run`) and we are pointed at with
+//! `XEN_BLOCK_HOTPLUG_LOCK_DIR` (or `Lock::claim_in`), not the host's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
-use xen_block_hotplug::lock::{LOCK_DIR, Lock};
+use crate::common::*;
+use xen_block_hotplug::lock::Lock;
 
 #[test]
 fn both_directions() {
@@ -18,10 +17,17 @@ fn both_directions() {
         "make test installs xen-utils-common"
     );
 
+    let run = TempDir::new("lockrun");
+    let locks = run.join("xen-hotplug");
+
     // 1. The shell holds it: our claim waits until the shell releases.
-    let sh = ShellLockHolder::start();
+    let sh = ShellLockHolder::start(run.path());
+    assert!(
+        locks.join("block").exists(),
+        "the shell's lock is in the test's directory"
+    );
     let releaser = sh.release_after(Duration::from_millis(700));
-    let lock = Lock::claim_in(Path::new(LOCK_DIR), "block").unwrap();
+    let lock = Lock::claim_in(&locks, "block").unwrap();
     let got = Instant::now();
     assert!(
         got >= releaser.join().unwrap(),
@@ -30,7 +36,7 @@ fn both_directions() {
     assert!(sh.finish());
 
     // 2. We hold it: the shell's claim_lock waits until we release.
-    let sh = ShellLockHolder::start_queued();
+    let sh = ShellLockHolder::start_queued(run.path());
     std::thread::sleep(Duration::from_millis(700));
     assert!(!sh.has_held(), "the shell got the lock while we held it");
     drop(lock);
@@ -44,7 +50,7 @@ fn the_binary_waits_for_a_shell_holder() {
     let t = TempDir::new("lockbin");
     let lo = Loop::attach(&image(&t, "a.img", 8), false);
     let v = xs.vbd(domid(), 51712, &lo.path, "r");
-    let sh = ShellLockHolder::start();
+    let sh = ShellLockHolder::start(&xs.run);
     let releaser = sh.release_after(Duration::from_millis(700));
     let r = xs.run("block", &v, "add");
     let done = Instant::now();

@@ -1,16 +1,13 @@
 //! syslog as the scripts' `logger -p daemon.<level>` calls: facility daemon, levels err
 //! and debug, text prefixed with the invoked path. The binary runs in a private mount
 //! namespace whose /dev/log is this test's socket.
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use xen_block_hotplug::paths;
 
 #[test]
 fn syslog_facility_levels_and_prefix() {
@@ -31,6 +28,8 @@ fn syslog_facility_levels_and_prefix() {
             "mount -t tmpfs none /dev && touch /dev/log && mount --bind \"$SOCK\" /dev/log \
              && exec \"$SCRIPT\" add",
         )
+        .env(paths::LOCK_DIR_ENV, &xs.locks)
+        .env(paths::RECORD_DIR_ENV, &xs.records)
         .env("SOCK", &sock_path)
         .env("SCRIPT", &invoked)
         .env("XENBUS_PATH", &v.path)

@@ -1,16 +1,11 @@
 //! `block-nbd` against a real oxenstored, with the fake `nbd-client` of tests/fakes
 //! connecting test-root `/dev/nbdN` nodes to real loop devices.
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "fakes/root.rs"]
-mod fakes;
-
+use crate::common;
 use std::path::Path;
 
-use common::{Loop, image};
-use fakes::{Env, FakeRoot, loop_of_node};
+use crate::common::{Loop, image};
+use crate::fakes::{Env, FakeRoot, loop_of_node};
 
 /// A root with `devices` NBD devices (as `modprobe nbd nbds_max=<devices>` gives).
 fn env_with(tools: &[&str], devices: u32) -> Env {

@@ -1,31 +1,79 @@
 //! Test harness shared by the integration tests: a private real oxenstored per test,
 //! the built binary run under its script names, and real images, loop devices and mounts
 //! that each test creates and removes itself.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//!
+//! Hermetic: each `Xenstored` also carries the test's own stand-in for `/var/run`, with the
+//! lock directory and the remove-record directory in it, and the path of a syslog socket.
+//! Every run of the binary is pointed at them with the test-only variables of
+//! `xen_block_hotplug::paths` (`XEN_BLOCK_HOTPLUG_LOCK_DIR`, `..._RECORD_DIR`,
+//! `..._SYSLOG`); Debian's scripts, which cannot be told, run in a private mount namespace
+//! whose `/run` is that stand-in (`rel::spawn`, `ShellLockHolder`).
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::symlink;
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use xen_block_hotplug::invocation::BackendPath;
+use xen_block_hotplug::paths;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_xen-block-hotplug");
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A unique number per call in this test process.
+/// A unique number per call in this test process (scratch directory names).
 pub fn unique() -> u32 {
     COUNTER.fetch_add(1, Ordering::SeqCst)
 }
 
-/// A frontend domain id no other test of this run uses (records under /run are keyed by
-/// backend path, and tests share the host).
+/// The frontend domain ids handed out, wrapping: above the ids tests write literally
+/// (0..1000), below Xen's reserved ids (`DOMID_FIRST_RESERVED`, 0x7ff0).
+pub const DOMIDS: std::ops::Range<u32> = 1000..32000;
+
+/// The allocator's state, shared with the bats tests (`tests/bats/lib.bash`
+/// `next_domid`): the next free id, in decimal, in a file locked with flock(2) around
+/// each allocation, so concurrent test processes of any kind never get the same id until
+/// the range wraps (31000 ids later). Each test has its own daemon and record directory,
+/// so ids only need to differ within one test; being unique across processes keeps the
+/// logs of concurrent runs apart.
+pub fn domid_file() -> PathBuf {
+    std::env::temp_dir().join("xen-block-hotplug-tests.domid")
+}
+
+/// `n` consecutive frontend domain ids no other test holds.
+pub fn domids(n: u32) -> std::ops::Range<u32> {
+    use fs2::FileExt;
+    assert!(n > 0 && n <= DOMIDS.len() as u32);
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(domid_file())
+        .unwrap();
+    f.lock_exclusive().unwrap();
+    let mut text = String::new();
+    f.read_to_string(&mut text).unwrap();
+    let mut first = text.trim().parse().unwrap_or(DOMIDS.start);
+    if !DOMIDS.contains(&first) || first + n > DOMIDS.end {
+        first = DOMIDS.start;
+    }
+    f.rewind().unwrap();
+    f.set_len(0).unwrap();
+    f.write_all(format!("{}\n", first + n).as_bytes()).unwrap();
+    // The flock goes with the file.
+    first..first + n
+}
+
+/// A frontend domain id no other test holds (see `domids`).
 pub fn domid() -> u32 {
-    1000 + (std::process::id() % 1000) * 20 + unique()
+    domids(1).start
 }
 
 /// A scratch directory removed on drop.
@@ -52,15 +100,37 @@ impl Drop for TempDir {
     }
 }
 
-/// A private, real oxenstored (Debian's, unmodified), stopped by PID on drop.
+/// A private, real oxenstored (Debian's, unmodified), stopped by PID on drop, and the
+/// test's own lock and record directories.
 pub struct Xenstored {
     child: Child,
     pub dir: TempDir,
     pub socket: PathBuf,
+    /// The test's stand-in for `/var/run`: `xen-hotplug/` in it is the lock directory,
+    /// `xen-hotplug/xen-block-hotplug/` the record directory, as on a dom0. Shared by the
+    /// daemons of one test that stand for one dom0 (`start_on_same_host`).
+    run_dir: Arc<TempDir>,
+    pub run: PathBuf,
+    pub locks: PathBuf,
+    pub records: PathBuf,
+    /// The syslog socket runs are pointed at. Nothing listens unless the test binds it
+    /// (`syslog_sink`): then syslog is down for the binary and every line, debug ones
+    /// too, goes to the hotplug log, on every host alike.
+    pub syslog: PathBuf,
 }
 
 impl Xenstored {
     pub fn start() -> Xenstored {
+        Self::start_on(Arc::new(TempDir::new("run")))
+    }
+
+    /// Another daemon for the same dom0 (a restarted xenstored): same lock and record
+    /// directories.
+    pub fn start_on_same_host(&self) -> Xenstored {
+        Self::start_on(self.run_dir.clone())
+    }
+
+    fn start_on(run_dir: Arc<TempDir>) -> Xenstored {
         let dir = TempDir::new("xsd");
         let log = fs::File::create(dir.join("daemon.log")).unwrap();
         let child = Command::new(format!("{REPO}/tests/support/xenstored-run"))
@@ -71,7 +141,26 @@ impl Xenstored {
             .spawn()
             .unwrap();
         let socket = dir.join("d/run/socket");
-        let xs = Xenstored { child, dir, socket };
+        let run = run_dir.path().to_path_buf();
+        let locks = run.join("xen-hotplug");
+        let records = locks.join("xen-block-hotplug");
+        let syslog = dir.join("syslog/socket");
+        for d in [dir.path(), &run, &locks, &records, syslog.parent().unwrap()] {
+            fs::create_dir_all(d).unwrap();
+            // Whatever the umask: the binary honours only directories nobody else may write.
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+            assert!(paths::trusted_dir(d), "{} would be ignored", d.display());
+        }
+        let xs = Xenstored {
+            child,
+            dir,
+            socket,
+            run_dir,
+            run,
+            locks,
+            records,
+            syslog,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if xs.socket.exists() && xs.try_read("/tool/xenstored").is_ok() {
@@ -83,6 +172,22 @@ impl Xenstored {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Points a run of our binary at this test's lock directory, record directory and
+    /// syslog socket.
+    pub fn hermetic<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env(paths::LOCK_DIR_ENV, &self.locks)
+            .env(paths::RECORD_DIR_ENV, &self.records)
+            .env(paths::SYSLOG_ENV, &self.syslog)
+    }
+
+    /// Listens on this test's syslog socket: from now on the binary's syslog lines come
+    /// here, and only errors and children's stderr reach the hotplug log.
+    pub fn syslog_sink(&self) -> Syslog {
+        let sock = UnixDatagram::bind(&self.syslog).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        Syslog(sock)
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {
@@ -178,7 +283,11 @@ impl Xenstored {
         ] {
             self.write(&format!("{path}/{k}"), v);
         }
-        Vbd { path, fe, devid }
+        Vbd {
+            path,
+            fe,
+            records: self.records.clone(),
+        }
     }
 
     /// Runs the binary as `script` (`block`, ...) the way libxl does on Linux.
@@ -198,7 +307,8 @@ impl Xenstored {
         }
         let logdir = self.dir.join("log");
         let mut cmd = Command::new(&link);
-        cmd.args(args)
+        self.hermetic(&mut cmd)
+            .args(args)
             .env("XENSTORED_PATH", &self.socket)
             .env("XEN_LOG_DIR", &logdir)
             .env("XENBUS_TYPE", "vbd")
@@ -228,10 +338,12 @@ impl Drop for Xenstored {
     }
 }
 
+#[derive(Clone)]
 pub struct Vbd {
     pub path: String,
     pub fe: u32,
-    pub devid: u32,
+    /// The record directory of the test's daemon.
+    pub records: PathBuf,
 }
 
 impl Vbd {
@@ -264,15 +376,27 @@ pub struct Loop {
 
 impl Loop {
     pub fn attach(image: &Path, read_only: bool) -> Loop {
-        let mut cmd = Command::new("losetup");
-        cmd.arg("-f").arg("--show");
-        if read_only {
-            cmd.arg("-r");
-        }
-        let out = cmd.arg(image).output().unwrap();
+        // `losetup -f` takes the free loop the kernel names, then opens it: a loop another
+        // process is detaching meanwhile refuses the open (ENXIO), and util-linux does not
+        // retry that. With many tests attaching and detaching at once, try again.
+        let mut tries = 0;
+        let out = loop {
+            let mut cmd = Command::new("losetup");
+            cmd.arg("-f").arg("--show");
+            if read_only {
+                cmd.arg("-r");
+            }
+            let out = cmd.arg(image).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            tries += 1;
+            if out.status.success() || !err.contains("No such device or address") || tries == 10 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(
             out.status.success(),
-            "losetup: {}",
+            "losetup ({tries} tries): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
@@ -321,10 +445,11 @@ pub fn backing_of(loopdev: &str) -> Option<String> {
 /// The loop devices currently bound to `image` (util-linux's view, for cross-checking).
 /// A detach of a loop that another process has open for a moment (a concurrent test
 /// scanning loop devices) completes at that close: the kernel marks it autoclear meanwhile.
-/// Such pending detaches are waited for (up to 3 s), not reported; nothing here sets
+/// Such pending detaches are waited for (up to 30 s: with every integration test in one
+/// process, concurrent tests open loop devices often), not reported; nothing here sets
 /// autoclear otherwise.
 pub fn loops_of(image: &Path) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = Command::new("losetup")
             .arg("-n")
@@ -344,7 +469,8 @@ pub fn loops_of(image: &Path) -> Vec<String> {
             let name = l.trim_start_matches("/dev/");
             fs::read_to_string(format!("/sys/block/{name}/loop/autoclear"))
                 .map(|v| v.trim() == "1")
-                .unwrap_or(false)
+                // No `loop/` directory: the kernel is tearing it down right now.
+                .unwrap_or(true)
         });
         if !pending || Instant::now() > deadline {
             return loops;
@@ -393,13 +519,44 @@ impl Drop for Mounted {
     }
 }
 
-/// The remove record the binary keeps for a backend.
+/// The remove record the binary keeps for a backend: named by the library's key, in the
+/// test's record directory.
 pub fn record_path(vbd: &Vbd) -> PathBuf {
-    PathBuf::from("/run/xen-hotplug/xen-block-hotplug").join(vbd.path.replace('/', "-"))
+    let be = BackendPath::parse(&vbd.path, "backend", "vbd").unwrap();
+    vbd.records.join(be.record_key())
 }
 
-/// A bash process holding the `block` lock through Debian's real `locking.sh` until
-/// `release()` (or drop).
+/// The syslog socket of one test (`Xenstored::syslog_sink`). Holds the lines until read;
+/// the kernel queues a few hundred datagrams, plenty for the runs of one test.
+pub struct Syslog(UnixDatagram);
+
+impl Syslog {
+    /// The lines received since the last call, in order (`<priority>tag: text`).
+    pub fn drain(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = self.0.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+}
+
+/// `prog args...` in a private mount namespace whose `/var/run` is `run`: how Debian's
+/// scripts, whose lock directory is fixed (`locking.sh`'s `LOCK_BASEDIR`), take the lock in
+/// the test's lock directory (`<run>/xen-hotplug`), unmodified, without touching the
+/// host's. The command execs, so its PID is the script's.
+pub fn in_private_run(run: &Path, prog: &Path) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /var/run && exec \"$@\"")
+        .arg(run)
+        .arg(prog);
+    cmd
+}
+
+/// A bash process holding the `block` lock through Debian's real `locking.sh`, in the
+/// lock directory under `run` (a `Xenstored::run`), until `release()` (or drop).
 pub struct ShellLockHolder {
     child: Child,
     dir: TempDir,
@@ -407,8 +564,8 @@ pub struct ShellLockHolder {
 
 impl ShellLockHolder {
     /// Starts the shell and returns once it holds the lock.
-    pub fn start() -> ShellLockHolder {
-        let h = Self::spawn(false);
+    pub fn start(run: &Path) -> ShellLockHolder {
+        let h = Self::spawn(run, false);
         assert!(
             h.wait_marker("held", Duration::from_secs(10)),
             "shell never got the lock"
@@ -418,17 +575,17 @@ impl ShellLockHolder {
 
     /// Starts the shell without waiting: it may be queued behind another holder, and
     /// releases as soon as it gets the lock.
-    pub fn start_queued() -> ShellLockHolder {
-        Self::spawn(true)
+    pub fn start_queued(run: &Path) -> ShellLockHolder {
+        Self::spawn(run, true)
     }
 
-    fn spawn(release_at_once: bool) -> ShellLockHolder {
+    fn spawn(run: &Path, release_at_once: bool) -> ShellLockHolder {
         let dir = TempDir::new("shlock");
         let (m, r) = (dir.join("marker"), dir.join("release"));
         if release_at_once {
             fs::write(&r, b"").unwrap();
         }
-        let child = Command::new("bash")
+        let child = in_private_run(run, Path::new("bash"))
             .arg("-c")
             .arg(format!(
                 ". /etc/xen/scripts/locking.sh; claim_lock block; echo held > {m}; \
@@ -441,7 +598,6 @@ impl ShellLockHolder {
             .unwrap();
         ShellLockHolder { child, dir }
     }
-
     pub fn has_held(&self) -> bool {
         self.dir.join("marker").exists()
     }

@@ -1,13 +1,9 @@
 //! Deadlines: a stuck lock holder or a hung xenstored ends in a clear failure well before
 //! libxl's 40 s kill, never a hang.
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::{Signal, kill};
 
 #[test]
@@ -17,7 +13,7 @@ fn a_stuck_lock_holder_times_out_with_hotplug_error() {
     let lo = Loop::attach(&image(&t, "a.img", 8), false);
     let fe = domid();
     let v = xs.vbd(fe, 51712, &lo.path, "r");
-    let sh = ShellLockHolder::start();
+    let sh = ShellLockHolder::start(&xs.run);
     let t0 = Instant::now();
     let r = xs.run_with(
         "block",

@@ -1,16 +1,11 @@
 //! `block-drbd` against a real oxenstored, with the fake `drbdadm` of tests/fakes whose
 //! `/dev/drbdN` are nodes of real loop devices.
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "fakes/root.rs"]
-mod fakes;
-
+use crate::common;
 use std::path::Path;
 
-use common::{domid, image};
-use fakes::{Env, FakeRoot, loop_of_node};
+use crate::common::{domid, image};
+use crate::fakes::{Env, FakeRoot, loop_of_node};
 
 fn env() -> Env {
     Env::new(FakeRoot::new(&["drbdadm"]), "drbd-img")

@@ -1,16 +1,11 @@
 //! `block-iscsi` against a real oxenstored, with the fake `iscsiadm`/`multipath` of
 //! tests/fakes backing LUNs with real loop devices.
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "fakes/root.rs"]
-mod fakes;
-
+use crate::common;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Loop, image};
-use fakes::{Env, FakeRoot, backing_file_of};
+use crate::common::{Loop, image};
+use crate::fakes::{Env, FakeRoot, backing_file_of};
 
 const IQN1: &str = "iqn.2003-01.org.linux-iscsi.dom0:disk1";
 const IQN10: &str = "iqn.2003-01.org.linux-iscsi.dom0:disk10";

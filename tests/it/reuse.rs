@@ -1,14 +1,10 @@
 //! Remove must never detach a loop device that has been reused since add. In a test
 //! binary of its own: it detaches and re-binds a specific loop number, which a concurrent
 //! test allocating loops could take in between.
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn me(xs: &Xenstored, params: &str, mode: &str) -> Vbd {
     let fe = domid();

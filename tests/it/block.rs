@@ -1,13 +1,9 @@
 //! The Linux `block` script against a real oxenstored, real loop devices and real mounts.
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 
-use common::*;
+use crate::common::*;
 
 fn assert_connected(xs: &Xenstored, vbd: &Vbd, dev: &str) {
     assert_eq!(
@@ -97,14 +93,30 @@ fn phy_rw_add_then_remove() {
     let xs = Xenstored::start();
     let t = TempDir::new("phy");
     let lo = Loop::attach(&image(&t, "a.img", 8), false);
+    // syslog is the test's own socket, so the hotplug log holds only errors (and any
+    // tool's stderr), whether or not the host runs a syslogd.
+    let syslog = xs.syslog_sink();
     let v = me(&xs, &lo.path, "w");
     let r = xs.run("block", &v, "add");
     assert_eq!(r.status, 0, "{r:?}");
     assert_connected(&xs, &v, &lo.path);
     assert_eq!(xs.read(&v.node("node")), None, "phy writes no node");
-    assert!(r.log.is_empty() || !r.log.contains("rror"), "{}", r.log);
+    assert_eq!(r.log, "", "a clean add logs no error");
+    assert_eq!(r.stdout, "", "a hotplug script prints nothing");
+    let lines = syslog.drain();
+    // daemon.debug is <31>, daemon.err <27>.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<31>root: ")
+                && l.ends_with(&format!("add XENBUS_PATH={}", v.path))),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("<27>")), "{lines:#?}");
     let r = xs.run("block", &v, "remove");
     assert_eq!(r.status, 0, "{r:?}");
+    assert_eq!(r.log, "", "a clean remove logs no error");
+    assert!(!syslog.drain().iter().any(|l| l.starts_with("<27>")));
     assert_eq!(
         backing_of(&lo.path).as_deref(),
         Some(lo.image.to_str().unwrap()),
@@ -209,13 +221,34 @@ fn stubdom_of_the_same_guest_is_allowed() {
 fn same_vm_is_allowed_and_vanished_domain_counts_as_same() {
     let xs = Xenstored::start();
     let t = TempDir::new("samevm");
+
+    // Another domain of the same VM (its `vm` node names the same /vm/<uuid>, as while a
+    // guest is rebooted or migrated in place) holds the device: shared, not refused.
     let lo = Loop::attach(&image(&t, "a.img", 8), false);
     let o = other_guest(&xs, &lo.path, "w", true, false);
+    let v = me(&xs, &lo.path, "w");
+    xs.set_vm(o.fe, "same-vm");
+    xs.set_vm(v.fe, "same-vm");
+    let r = xs.run("block", &v, "add");
+    assert_eq!(r.status, 0, "{r:?}");
+    assert_connected(&xs, &v, &lo.path);
+
     // The other domain's vm node is gone (domain being destroyed): upstream treats it
     // as the same VM.
+    let lo = Loop::attach(&image(&t, "b.img", 8), false);
+    let o = other_guest(&xs, &lo.path, "w", true, false);
     xs.rm(&format!("/local/domain/{}", o.fe));
     let v = me(&xs, &lo.path, "w");
-    assert_eq!(xs.run("block", &v, "add").status, 0);
+    let r = xs.run("block", &v, "add");
+    assert_eq!(r.status, 0, "{r:?}");
+    assert_connected(&xs, &v, &lo.path);
+
+    // Control: the same holder with a vm of its own is another VM, and refused.
+    let lo = Loop::attach(&image(&t, "c.img", 8), false);
+    let o = other_guest(&xs, &lo.path, "w", true, false);
+    let v = me(&xs, &lo.path, "w");
+    assert_ne!(xs.read(&format!("/local/domain/{}/vm", o.fe)), None);
+    assert_refused(&xs, &v, &xs.run("block", &v, "add"), "busy", "guest domain");
 }
 
 #[test]
@@ -631,14 +664,14 @@ fn guest_check_sees_every_one_of_1100_guests() {
     let xs = Xenstored::start();
     let t = TempDir::new("scale");
     let lo = Loop::attach(&image(&t, "a.img", 8), false);
-    let base = 20000 + (std::process::id() % 500) * 2;
-    for i in 0..1100u32 {
-        let p = format!("backend/vbd/{}/51712", base + i);
+    let ids = domids(1100);
+    for (i, fe) in ids.clone().enumerate() {
+        let p = format!("backend/vbd/{fe}/51712");
         xs.write(&format!("{p}/physical-device"), &format!("fd:{i:x}"));
         xs.write(&format!("{p}/mode"), "w");
     }
     assert!(xs.ls("backend/vbd").len() >= 1100);
-    let holder = base + 1099;
+    let holder = ids.end - 1;
     xs.write(
         &format!("backend/vbd/{holder}/51712/physical-device"),
         &lo.hex(),
@@ -702,7 +735,8 @@ fn an_unfinished_earlier_attach_is_cleaned_up_not_leaked() {
     assert_eq!(
         loops.len(),
         1,
-        "old loop {first} detached, one new: {loops:?}"
+        "old loop {first} detached, one new: {loops:?}; log:\n{}",
+        r.log
     );
     assert_eq!(xs.run("block", &v, "remove").status, 0);
     assert!(loops_of(&img).is_empty());

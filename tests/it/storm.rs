@@ -1,5 +1,3 @@
-#![cfg(target_os = "linux")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Concurrency storms: rounds of 8 concurrent read-write adds of one block device, and of
 //! one image file, each from a different guest. Every round must end with exactly one
 //! winner (`connected`, exit 0) and seven `busy`, and after the removes no loop device of
@@ -11,16 +9,14 @@
 //!
 //! Sizes: `XBH_STORM_ROUNDS` (ours only, default 20) and `XBH_STORM_MIXED_ROUNDS` (with
 //! upstream, default 4); `make stress` raises them. Figures are printed as `storm: ...`
-//! lines and recorded in RELIABILITY.md.
-
-mod common;
-mod rel;
+//! lines and recorded in RELIABILITY.md. Upstream alone is not a test of ours: `make
+//! bench` measures it (BENCHMARKS.md, "One device, many guests").
 
 use std::process::Child;
 use std::time::Duration;
 
-use common::*;
-use rel::*;
+use crate::common::*;
+use crate::rel::*;
 
 const K: usize = 8;
 
@@ -66,7 +62,7 @@ fn storm(
     for ((side, v), code) in sides.iter().zip(&vbds).zip(codes) {
         let status = xs.read(&v.node("hotplug-status"));
         match (code, status.as_deref()) {
-            (Some(0), Some("connected")) => round.winners.push((*side, clone(v))),
+            (Some(0), Some("connected")) => round.winners.push((*side, v.clone())),
             (Some(1), Some("busy")) => round.busy += 1,
             (c, s) => round.other.push(format!(
                 "{side:?} {}: exit {c:?} status {s:?} error {:?}",
@@ -76,14 +72,6 @@ fn storm(
         }
     }
     (vbds, round)
-}
-
-fn clone(v: &Vbd) -> Vbd {
-    Vbd {
-        path: v.path.clone(),
-        fe: v.fe,
-        devid: v.devid,
-    }
 }
 
 /// Removes every backend of a round with the side that added it, concurrently.
@@ -207,10 +195,18 @@ fn storm_mixed_with_upstream_shell_script() {
     // Image files: upstream's check never sees a loop (decimal vs hex), so upstream grants
     // after anyone; ours sees every loop of the file and the backends that use them.
     let (mut grants, mut double, mut second_ours, mut second_up, mut first_ours) = (0, 0, 0, 0, 0);
+    let mut upstream_raced = 0;
     for r in 0..rounds {
         let sides = pattern(r);
         let (vbds, round) = storm(&xs, img.to_str().unwrap(), &sides, first(r));
-        assert!(round.other.is_empty(), "file round {r}: {:#?}", round.other);
+        // Upstream picks a free loop with `losetup -f` and binds it with a second
+        // `losetup`: a loop attached meanwhile by anyone on the host (other tests) makes
+        // its add fail. That is upstream's race, counted; nothing else may go wrong.
+        let (raced, other): (Vec<String>, Vec<String>) = round.other.into_iter().partition(|o| {
+            o.starts_with("Upstream ") && o.contains("error Some(\"losetup /dev/loop")
+        });
+        upstream_raced += raced.len();
+        assert!(other.is_empty(), "file round {r}: {other:#?}");
         assert!(!round.winners.is_empty(), "file round {r}: no winner");
         // Order the grants by the loops' disk sequence numbers (attach order).
         let mut order: Vec<(u64, Side)> = round
@@ -244,7 +240,8 @@ fn storm_mixed_with_upstream_shell_script() {
     eprintln!(
         "storm: mixed x{K} file: {rounds} rounds, {grants} grants, {double} double grants \
          (granted second by upstream {second_up}, by ours {second_ours}); ours granted \
-         first in {first_ours} rounds; 0 loops leaked"
+         first in {first_ours} rounds; 0 loops leaked; {upstream_raced} upstream adds lost \
+         the free loop to another process"
     );
     assert_eq!(
         second_ours, 0,
@@ -254,40 +251,6 @@ fn storm_mixed_with_upstream_shell_script() {
         backing_of(&dev.path).as_deref(),
         Some(dev.image.to_str().unwrap())
     );
-}
-
-/// The baseline: upstream alone, 8 concurrent adds per round. Measured, not asserted for
-/// files (its check is broken there); asserted for block devices.
-#[test]
-fn storm_upstream_alone_baseline() {
-    let xs = Xenstored::start();
-    let t = TempDir::new("upstorm");
-    let dev = Loop::attach(&image(&t, "dev.img", 8), false);
-    let img = image(&t, "file.img", 8);
-    let _c = Cleanup(img.clone());
-    let rounds = size("XBH_STORM_UPSTREAM_ROUNDS", 2);
-    let sides = [Side::Upstream; K];
-    for (what, target) in [
-        ("phy", dev.path.clone()),
-        ("file", img.to_str().unwrap().to_string()),
-    ] {
-        let (mut grants, mut failed) = (0, 0);
-        for r in 0..rounds {
-            let (vbds, round) = storm(&xs, &target, &sides, None);
-            grants += round.winners.len();
-            failed += round.other.len();
-            if what == "phy" {
-                assert_eq!(round.winners.len(), 1, "phy round {r}: {:#?}", round.other);
-            }
-            remove_all(&xs, &sides, &vbds);
-            assert!(loops_of(&img).is_empty(), "{what} round {r}: a loop leaked");
-        }
-        eprintln!(
-            "storm: upstream alone x{K} {what}: {rounds} rounds, {grants} grants, {} double \
-             grants, {failed} other outcomes",
-            grants - rounds as usize
-        );
-    }
 }
 
 /// The storm with 1000 other guests' vbds present (the backend listing no longer fits one
@@ -300,9 +263,8 @@ fn storm_among_1000_guests() {
     let _c = Cleanup(img.clone());
     let guests = size("XBH_STORM_SCALE_GUESTS", 1000) as u32;
     let rounds = size("XBH_STORM_SCALE_ROUNDS", 3);
-    let base = 40000 + (std::process::id() % 500) * 2;
-    for i in 0..guests {
-        let p = format!("backend/vbd/{}/51712", base + i);
+    for (i, fe) in domids(guests).enumerate() {
+        let p = format!("backend/vbd/{fe}/51712");
         xs.write(&format!("{p}/physical-device"), &format!("fd:{i:x}"));
         xs.write(&format!("{p}/mode"), "w");
     }

@@ -1,7 +1,6 @@
 //! Helpers shared by the reliability tests (`storm`, `kill`, `exhaust`, `hostile`): running
 //! the binary and Debian's upstream script as child processes we can race and kill, a small
 //! seeded random generator, and sizes that `make stress` can raise.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -9,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{BIN, Vbd, Xenstored};
+use crate::common::{BIN, Vbd, Xenstored, domid, in_private_run};
 
 /// A size from the environment (`make stress` raises them), else `default`.
 pub fn size(var: &str, default: u64) -> u64 {
@@ -87,7 +86,8 @@ pub fn our_block(xs: &Xenstored) -> PathBuf {
     link
 }
 
-/// Starts `side`'s `block <action>` for `vbd` on `xs`'s daemon, without waiting.
+/// Starts `side`'s `block <action>` for `vbd` on `xs`'s daemon, without waiting. Both
+/// sides take the `block` lock in the test's lock directory.
 pub fn spawn(xs: &Xenstored, side: Side, vbd: &Vbd, action: &str, extra: &[(&str, &str)]) -> Child {
     let script = match side {
         Side::Ours => our_block(xs),
@@ -97,9 +97,16 @@ pub fn spawn(xs: &Xenstored, side: Side, vbd: &Vbd, action: &str, extra: &[(&str
             upstream_block()
         }
     };
-    let mut cmd = Command::new(script);
+    let mut cmd = match side {
+        Side::Ours => Command::new(script),
+        // Its lock directory is fixed: give it the test's in a namespace of its own.
+        Side::Upstream => in_private_run(&xs.run, &script),
+    };
+    cmd.env_clear();
+    if side == Side::Ours {
+        xs.hermetic(&mut cmd);
+    }
     cmd.arg(action)
-        .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("XENSTORED_PATH", &xs.socket)
         .env("XEN_LOG_DIR", xs.dir.join("log"))
@@ -132,20 +139,9 @@ pub fn wait_limit(child: &mut Child, limit: Duration) -> Option<i32> {
     }
 }
 
-/// A frontend domain id for these tests, which use thousands: a band (22200..32200) above
-/// the harness's `domid()` and the scale tests' ids, below Xen's reserved ids, entered at
-/// a per-process offset, so that concurrent runs rarely share a backend path (remove
-/// records under /run are keyed by it).
-pub fn next_domid() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    22_200 + ((std::process::id() % 97) * 100 + n) % 10_000
-}
-
 /// A guest with its own `vm` and a backend for `params` in `mode`, as libxl writes it.
 pub fn guest(xs: &Xenstored, params: &str, mode: &str) -> Vbd {
-    let fe = next_domid();
+    let fe = domid();
     xs.set_vm(fe, &format!("guest-{fe}"));
     xs.vbd(fe, 51712, params, mode)
 }

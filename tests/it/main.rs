@@ -1,0 +1,28 @@
+//! The integration tests, one binary (`cargo test --test it`): the harness (`common`, `rel`,
+//! `fakes`) is compiled once, and every item of it is used by some test.
+//!
+//! They need root, the host's loop devices and Debian's oxenstored and xenstore tools
+//! (`tests/support/install-deps`), and are hermetic otherwise: every test gets its own
+//! daemon, lock directory, remove-record directory and syslog socket (`common::Xenstored`),
+//! so nothing is written under the host's `/var/run/xen-hotplug`.
+#![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod fakes;
+mod rel;
+
+mod block;
+mod exhaust;
+mod faults;
+mod harness;
+mod helpers_drbd;
+mod helpers_iscsi;
+mod helpers_nbd;
+mod hostile;
+mod kill;
+mod lock_interop;
+mod logging;
+mod loopdev;
+mod reuse;
+mod storm;
