@@ -75,7 +75,13 @@ fn roff_escape(s: &str) -> String {
     let t: String = t
         .split('`')
         .enumerate()
-        .map(|(i, part)| if i % 2 == 1 { format!("\\fB{part}\\fR") } else { part.to_string() })
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("\\fB{part}\\fR")
+            } else {
+                part.to_string()
+            }
+        })
         .collect();
     t.lines()
         .map(|l| {

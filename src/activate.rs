@@ -18,7 +18,7 @@
 //! * Both commands are idempotent, and each finishes a run that was interrupted half-way
 //!   (an original and its `.upstream` that are the same inode).
 //! * Only upstream's scripts and ours are touched. Upstream's: a file the dpkg database
-//!   lists as a conffile with the md5 it was shipped with (`/var/lib/dpkg/status`); where no
+//!   lists as a conffile with the md5 it was shipped with (`dpkg-query`); where no
 //!   package database knows the file (a Xen built from source, the BSDs), a shell script that
 //!   sources Xen's hotplug libraries. Ours: a symlink into a `xen-block-hotplug` directory
 //!   naming a personality or the binary (the layout `make install` has always made).
@@ -121,8 +121,11 @@ pub struct ActivateArgs {
 /// failure on stderr with exit status 1.
 pub fn run(cmd: HostCommand) -> ExitCode {
     let (verb, result) = match cmd {
-        HostCommand::Activate(a) => ("activate", Host::new(&a.place).and_then(|h| h.activate(&a))),
-        HostCommand::Deactivate(w) => ("deactivate", Host::new(&w).and_then(|h| h.deactivate())),
+        HostCommand::Activate(a) => (
+            "activate",
+            Host::open(&a.place).and_then(|h| h.activate(&a)),
+        ),
+        HostCommand::Deactivate(w) => ("deactivate", Host::open(&w).and_then(|h| h.deactivate())),
     };
     match result {
         Ok(lines) => {
@@ -179,6 +182,15 @@ pub struct Host {
     root: PathBuf,
     script_dir: PathBuf,
     libexec_dir: PathBuf,
+    /// The dpkg database's conffiles: (package, path, md5), read once per command.
+    conffiles: Vec<Conffile>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Conffile {
+    package: String,
+    path: String,
+    md5: String,
 }
 
 impl Host {
@@ -200,7 +212,39 @@ impl Host {
             root: w.root.clone(),
             script_dir: w.script_dir.clone(),
             libexec_dir: w.libexec_dir.clone(),
+            conffiles: Vec::new(),
         })
+    }
+
+    /// Reads the conffiles dpkg recorded under `--root`, through `dpkg-query` (the database
+    /// format is dpkg's own business). No dpkg database there: none.
+    /// Errors: a database that exists but cannot be queried (then nothing can be judged).
+    fn load_conffiles(&mut self) -> Result<()> {
+        let admindir = self.root.join("var/lib/dpkg");
+        if !admindir.join("status").exists() {
+            return Ok(());
+        }
+        let out = Command::new("dpkg-query")
+            .arg(format!("--admindir={}", admindir.display()))
+            .args(["-W", "-f", "P ${Package}\\n${Conffiles}\\n"])
+            .output()
+            .context("running dpkg-query to find what Xen's package installed")?;
+        if !out.status.success() {
+            return Err(anyhow!(
+                "dpkg-query --admindir={}: {}",
+                admindir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        self.conffiles = parse_conffiles(&String::from_utf8_lossy(&out.stdout));
+        Ok(())
+    }
+
+    /// `new`, with the package database read. Errors: as `new` and `load_conffiles`.
+    pub fn open(w: &Where) -> Result<Host> {
+        let mut h = Host::new(w)?;
+        h.load_conffiles()?;
+        Ok(h)
     }
 
     fn in_root(&self, p: &Path) -> PathBuf {
@@ -442,10 +486,11 @@ impl Host {
             return Found::Other("not a regular file".into());
         }
         let installed = self.script_dir.join(name);
-        let status = fs::read_to_string(self.root.join("var/lib/dpkg/status")).unwrap_or_default();
-        if let Some((pkg, md5)) = dpkg_conffile(&status, &installed.to_string_lossy()) {
+        let installed = installed.to_string_lossy();
+        if let Some(c) = self.conffiles.iter().find(|c| c.path == installed) {
+            let (pkg, md5) = (&c.package, &c.md5);
             return match md5sum(&path) {
-                Ok(m) if m == md5 => Found::Upstream(format!("as {pkg} installed it")),
+                Ok(m) if m == *md5 => Found::Upstream(format!("as {pkg} installed it")),
                 Ok(_) => Found::Other(format!(
                     "changed since {pkg} installed it (its md5 is not the {md5} dpkg recorded)"
                 )),
@@ -498,35 +543,32 @@ fn is_xen_hotplug_script(text: &[u8]) -> bool {
     text.starts_with(b"#!") && (has(b"block-common.sh") || has(b"hotplugpath.sh"))
 }
 
-/// The package and md5 dpkg recorded for conffile `path`, from the text of
-/// `/var/lib/dpkg/status` (deb-control(5): a `Conffiles:` field whose continuation lines are
-/// ` <path> <md5>[ obsolete]`). Obsolete entries and `newconffile` placeholders are not a
-/// record of what was shipped and are skipped.
-fn dpkg_conffile(status: &str, path: &str) -> Option<(String, String)> {
-    for stanza in status.split("\n\n") {
-        let mut pkg = None;
-        let mut in_conffiles = false;
-        for line in stanza.lines() {
-            if let Some(p) = line.strip_prefix("Package: ") {
-                pkg = Some(p.trim().to_string());
-            }
-            if !line.starts_with(' ') {
-                in_conffiles = line.starts_with("Conffiles:");
-                continue;
-            }
-            if !in_conffiles {
-                continue;
-            }
-            let mut f = line.split_whitespace();
-            let (Some(p), Some(md5)) = (f.next(), f.next()) else {
-                continue;
-            };
-            if p == path && f.next().is_none() && md5.len() == 32 {
-                return pkg.map(|pkg| (pkg, md5.to_string()));
-            }
+/// The conffiles in `dpkg-query -W -f 'P ${Package}\n${Conffiles}\n'` output: a `P <package>`
+/// line, then one ` <path> <md5>[ obsolete]` line per conffile (dpkg-query(1), deb-control(5)).
+/// Obsolete entries and `newconffile` placeholders are not a record of what was shipped and
+/// are skipped.
+fn parse_conffiles(out: &str) -> Vec<Conffile> {
+    let mut package = None;
+    let mut found = Vec::new();
+    for line in out.lines() {
+        if let Some(p) = line.strip_prefix("P ") {
+            package = Some(p.trim().to_string());
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(path), Some(md5), None, Some(package)) = (f.next(), f.next(), f.next(), &package)
+        else {
+            continue;
+        };
+        if md5.len() == 32 && md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+            found.push(Conffile {
+                package: package.clone(),
+                path: path.to_string(),
+                md5: md5.to_string(),
+            });
         }
     }
-    None
+    found
 }
 
 /// The md5 of a file, by coreutils' `md5sum` (Essential on Debian, where dpkg's records are
@@ -556,24 +598,19 @@ mod tests {
 
     #[test]
     fn dpkg_records() {
-        let status = "Package: foo\nStatus: install ok installed\nConffiles:\n \
-                      /etc/xen/scripts/block 0123456789abcdef0123456789abcdef\n \
-                      /etc/xen/scripts/block-nbd 0123456789abcdef0123456789abcdef obsolete\n\
-                      Description: x\n \
-                      /etc/xen/scripts/block-iscsi 0123456789abcdef0123456789abcdef\n\n\
-                      Package: bar\nConffiles:\n /etc/xen/scripts/block-drbd newconffile\n";
+        let out = "P foo\n /etc/xen/scripts/block 0123456789abcdef0123456789abcdef\n \
+                   /etc/xen/scripts/block-nbd 0123456789abcdef0123456789abcdef obsolete\n\
+                   P bar\n /etc/xen/scripts/block-drbd newconffile\n\
+                   P baz\n\n";
         assert_eq!(
-            dpkg_conffile(status, "/etc/xen/scripts/block"),
-            Some(("foo".into(), "0123456789abcdef0123456789abcdef".into()))
+            parse_conffiles(out),
+            vec![Conffile {
+                package: "foo".into(),
+                path: "/etc/xen/scripts/block".into(),
+                md5: "0123456789abcdef0123456789abcdef".into()
+            }]
         );
-        // obsolete, a continuation of another field, a placeholder, absent
-        for p in ["block-nbd", "block-iscsi", "block-drbd", "vif-bridge"] {
-            assert_eq!(
-                dpkg_conffile(status, &format!("/etc/xen/scripts/{p}")),
-                None,
-                "{p}"
-            );
-        }
+        assert_eq!(parse_conffiles(""), vec![]);
     }
 
     #[test]
@@ -670,7 +707,7 @@ mod tests {
     }
 
     fn host(t: &Tree) -> Host {
-        Host::new(&Where {
+        Host::open(&Where {
             root: t.0.clone(),
             script_dir: "/etc/xen/scripts".into(),
             libexec_dir: "/usr/libexec/xen-block-hotplug".into(),
@@ -814,8 +851,9 @@ mod tests {
         fs::write(
             t.0.join("var/lib/dpkg/status"),
             format!(
-                "Package: xen-utils-common\nStatus: install ok installed\nConffiles:\n \
-                 /etc/xen/scripts/block {md5}\n"
+                "Package: xen-utils-common\nStatus: install ok installed\nVersion: 1\n\
+                 Architecture: all\nMaintainer: m <m@example.org>\nDescription: d\n\
+                 Conffiles:\n /etc/xen/scripts/block {md5}\n"
             ),
         )
         .unwrap();
