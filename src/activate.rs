@@ -300,7 +300,43 @@ impl Host {
                 Err(r) => refusals.push(r),
             }
         }
-        self.apply(steps, refusals)
+        let mut lines = self.apply(steps, refusals)?;
+        for name in script_names() {
+            if let Some(l) = self.tidy_dpkg_new(name)? {
+                lines.push(l);
+            }
+        }
+        Ok(lines)
+    }
+
+    /// dpkg follows a conffile that is a symlink (`conffderef` in dpkg's configure.c): while
+    /// activated, a reinstall or upgrade of xen-utils-common looks for its new version beside
+    /// our binary, finds none and leaves the one it unpacked as `<name>.dpkg-new` in the
+    /// script directory, its record of the conffile unchanged. Once the original is back,
+    /// a `.dpkg-new` with the same bytes is that reinstall's leftover and is removed; a
+    /// different one is a newer version dpkg never installed: left, and named.
+    /// Errors: a leftover that cannot be read or removed.
+    fn tidy_dpkg_new(&self, name: &str) -> Result<Option<String>> {
+        let path = self.dir().join(name);
+        let new = self.dir().join(format!("{name}.dpkg-new"));
+        let Ok(new_bytes) = fs::read(&new) else {
+            return Ok(None);
+        };
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+            && fs::read(&path).is_ok_and(|cur| cur == new_bytes)
+        {
+            fs::remove_file(&new).with_context(|| format!("removing {}", new.display()))?;
+            return Ok(Some(format!(
+                "{}: removed, the same as {name} (left by a reinstall of Xen's package while active)",
+                new.display()
+            )));
+        }
+        Ok(Some(format!(
+            "{}: a newer version of {name} that dpkg unpacked while this was active and never \
+             installed; reinstall Xen's package (apt-get install --reinstall xen-utils-common) \
+             to install it",
+            new.display()
+        )))
     }
 
     fn plan_activate(
@@ -953,6 +989,32 @@ mod tests {
             e.contains("xen-block-hotplug/block-iscsi: not an executable"),
             "{e}"
         );
+        assert_eq!(snapshot(&t), before);
+    }
+
+    #[test]
+    fn what_dpkg_left_beside_a_symlinked_conffile_is_tidied() {
+        let t = tree("dpkg-new");
+        let dir = t.0.join("etc/xen/scripts");
+        let before = snapshot(&t);
+        host(&t).activate(&args(&t)).unwrap();
+        // a reinstall: the same bytes; an upgrade: different ones
+        fs::copy(dir.join("block.upstream"), dir.join("block.dpkg-new")).unwrap();
+        fs::write(
+            dir.join("block-nbd.dpkg-new"),
+            format!("{UPSTREAM}# newer\n"),
+        )
+        .unwrap();
+        let out = host(&t).deactivate().unwrap();
+        let after = snapshot(&t);
+        assert!(!after.contains_key("block.dpkg-new"), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|l| l.contains("block-nbd.dpkg-new: a newer version")),
+            "{out:?}"
+        );
+        assert!(after.contains_key("block-nbd.dpkg-new"));
+        fs::remove_file(dir.join("block-nbd.dpkg-new")).unwrap();
         assert_eq!(snapshot(&t), before);
     }
 
