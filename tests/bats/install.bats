@@ -11,8 +11,15 @@ setup() {
     S="$ROOT/etc/xen/scripts"
     mkdir -p "$S"
     # Debian's xen-utils-common scripts (make test-deps installs them), as shipped
-    for n in block block-iscsi block-nbd block-common.sh; do cp -a "/etc/xen/scripts/$n" "$S/"; done
-    # the dpkg record they are judged by: none in this root, so by content
+    # (the kept copy when another test has activated this host's scripts meanwhile)
+    local n src
+    for n in block block-iscsi block-nbd block-common.sh; do
+        src=/etc/xen/scripts/$n
+        [ -L "$src" ] && src=$src.upstream
+        cp -a "$src" "$S/$n"
+    done
+    # no dpkg database in this root: judged by content
+    for n in block block-iscsi block-nbd; do stat -c %i "$S/$n" > "$BATS_TEST_TMPDIR/ino.$n"; done
     BEFORE=$(state)
 }
 
@@ -33,7 +40,7 @@ state() {
     [ "$status" -eq 0 ]
     for n in block block-iscsi block-nbd; do
         [ "$(readlink "$S/$n")" = "../../../usr/libexec/xen-block-hotplug/$n" ]
-        cmp "$S/$n.upstream" "/etc/xen/scripts/$n"
+        [ "$(stat -c %i "$S/$n.upstream")" = "$(cat "$BATS_TEST_TMPDIR/ino.$n")" ]
     done
     # make install links every name (block-drbd too, with nothing kept)
     [ "$(readlink "$S/block-drbd")" = ../../../usr/libexec/xen-block-hotplug/block-drbd ]
