@@ -457,25 +457,17 @@ impl Host {
         let mut lines = Vec::new();
         for s in steps {
             let path = dir.join(s.name);
-            let kept = dir.join(format!("{}{KEPT}", s.name));
-            match s.act {
-                Act::Nothing => {}
-                Act::Link { keep } => {
-                    if keep {
-                        fs::hard_link(&path, &kept).with_context(|| {
-                            format!("keeping {} as {}", path.display(), kept.display())
-                        })?;
-                    }
-                    self.put_link(s.name)?;
-                }
-                Act::Relink => self.put_link(s.name)?,
-                Act::Restore => fs::rename(&kept, &path).with_context(|| {
-                    format!("restoring {} from {}", path.display(), kept.display())
-                })?,
-                Act::Remove => fs::remove_file(&path)
-                    .with_context(|| format!("removing {}", path.display()))?,
-                Act::DropKept => fs::remove_file(&kept)
-                    .with_context(|| format!("removing {}", kept.display()))?,
+            if let Err(e) = self.apply_step(&s) {
+                // Each step is whole, and both commands finish a half-done run: say what is
+                // done, so the admin knows the state and that running again is safe.
+                let done = if lines.is_empty() {
+                    "nothing changed".to_string()
+                } else {
+                    format!("already done:\n  {}", lines.join("\n  "))
+                };
+                return Err(anyhow!(
+                    "{e:#}\n{done}\nFix the cause and run the command again."
+                ));
             }
             lines.push(format!("{}: {}", path.display(), s.note));
         }
@@ -485,6 +477,32 @@ impl Host {
                 .with_context(|| format!("syncing {}", dir.display()))?;
         }
         Ok(lines)
+    }
+
+    fn apply_step(&self, s: &Step) -> Result<()> {
+        let dir = self.dir();
+        let path = dir.join(s.name);
+        let kept = dir.join(format!("{}{KEPT}", s.name));
+        match s.act {
+            Act::Nothing => Ok(()),
+            Act::Link { keep } => {
+                if keep {
+                    fs::hard_link(&path, &kept).with_context(|| {
+                        format!("keeping {} as {}", path.display(), kept.display())
+                    })?;
+                }
+                self.put_link(s.name)
+            }
+            Act::Relink => self.put_link(s.name),
+            Act::Restore => fs::rename(&kept, &path)
+                .with_context(|| format!("restoring {} from {}", path.display(), kept.display())),
+            Act::Remove => {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+            }
+            Act::DropKept => {
+                fs::remove_file(&kept).with_context(|| format!("removing {}", kept.display()))
+            }
+        }
     }
 
     /// Our link for `name`, made beside it and renamed over it (atomic for libxl).
@@ -1015,6 +1033,36 @@ mod tests {
         );
         assert!(after.contains_key("block-nbd.dpkg-new"));
         fs::remove_file(dir.join("block-nbd.dpkg-new")).unwrap();
+        assert_eq!(snapshot(&t), before);
+    }
+
+    #[test]
+    fn a_failure_half_way_says_what_is_done_and_a_rerun_finishes() {
+        let t = tree("halfway");
+        let dir = t.0.join("etc/xen/scripts");
+        let before = snapshot(&t);
+        // something in the way of block-iscsi's new link
+        let blocker = dir.join(".block-iscsi.xen-block-hotplug-new");
+        fs::create_dir_all(blocker.join("x")).unwrap();
+        let e = host(&t).activate(&args(&t)).unwrap_err().to_string();
+        assert!(
+            e.contains("creating") && e.contains(".block-iscsi.xen-block-hotplug-new"),
+            "{e}"
+        );
+        assert!(
+            e.contains("already done:\n  ") && e.contains("scripts/block: activated"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("Fix the cause and run the command again."),
+            "{e}"
+        );
+        fs::remove_dir_all(&blocker).unwrap();
+        host(&t).activate(&args(&t)).unwrap();
+        let s = snapshot(&t);
+        assert_eq!(s["block-iscsi"], link("block-iscsi"));
+        assert_eq!(s["block-iscsi.upstream"], before["block-iscsi"]);
+        host(&t).deactivate().unwrap();
         assert_eq!(snapshot(&t), before);
     }
 
