@@ -132,6 +132,7 @@ E2E_TREE := $(CURDIR)/target/e2e-install
 e2e: deb
 	rm -rf $(E2E_TREE) && mkdir -p $(E2E_TREE)
 	dpkg-deb -x $(DEB) $(E2E_TREE)
+	install -d $(E2E_TREE)/etc/xen/scripts
 	$(E2E_TREE)/usr/libexec/xen-block-hotplug/xen-block-hotplug activate --root $(E2E_TREE) --create-missing
 	tests/e2e/run.sh --install-tree $(E2E_TREE)
 
