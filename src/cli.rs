@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::activate;
 use crate::applet;
 pub use crate::applet::Personality;
 use crate::backend::Backend;
@@ -25,14 +26,29 @@ use crate::xs::XenStore;
 /// run as `xen-block-hotplug <script> <arguments>`.
 #[derive(Parser, Debug)]
 #[command(name = "xen-block-hotplug", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     /// Which script to run.
-    #[arg(value_enum)]
-    script: Personality,
+    #[arg(value_enum, required = true)]
+    script: Option<Personality>,
     /// The script's arguments, as libxl passes them (Linux: `add` or `remove`, with
     /// XENBUS_PATH in the environment).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The admin commands, each in its own module.
+#[derive(Subcommand, Debug)]
+enum Command {
+    #[command(flatten)]
+    Host(activate::HostCommand),
+}
+
+/// The whole command line as clap sees it, for the man page generator (`examples/mangen.rs`).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 pub fn main() -> ExitCode {
@@ -50,12 +66,14 @@ pub fn main() -> ExitCode {
         Some(p) => (p, argv0, argv.iter().skip(1).cloned().collect()),
         None => {
             let cli = Cli::parse();
-            let invoked = format!(
-                "{}/{}",
-                crate::script::DEFAULT_SCRIPT_DIR,
-                cli.script.name()
-            );
-            (cli.script, invoked, cli.args)
+            let script = match (cli.command, cli.script) {
+                (Some(Command::Host(c)), _) => return activate::run(c),
+                (None, Some(script)) => script,
+                // clap requires one of the two
+                (None, None) => return ExitCode::from(2),
+            };
+            let invoked = format!("{}/{}", crate::script::DEFAULT_SCRIPT_DIR, script.name());
+            (script, invoked, cli.args)
         }
     };
     log::init(&invoked);

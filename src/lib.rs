@@ -8,6 +8,7 @@
 #![deny(clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+pub mod activate;
 pub mod applet;
 pub mod backend;
 pub mod cli;

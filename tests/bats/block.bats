@@ -7,10 +7,10 @@ setup_file() { xbh_setup_file; }
 teardown_file() { xbh_teardown_file; }
 teardown() { destroy_own_vbds; detach_own_loops; }
 
-@test "make install links block, block-iscsi, block-nbd, block-drbd to one binary" {
+@test "make install links block, block-iscsi, block-nbd, block-drbd to one binary through its personality links" {
     for n in block block-iscsi block-nbd block-drbd; do
         [ -L "$SCRIPTS/$n" ]
-        [ "$(readlink "$SCRIPTS/$n")" = ../../../usr/libexec/xen-block-hotplug/xen-block-hotplug ]
+        [ "$(readlink "$SCRIPTS/$n")" = "../../../usr/libexec/xen-block-hotplug/$n" ]
         [ "$(readlink -f "$SCRIPTS/$n")" = "$XBH_ROOT/usr/libexec/xen-block-hotplug/xen-block-hotplug" ]
     done
     [ -x "$XBH_ROOT/usr/libexec/xen-block-hotplug/xen-block-hotplug" ]
