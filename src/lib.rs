@@ -8,6 +8,7 @@
 #![deny(clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod devnum;

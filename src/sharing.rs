@@ -115,6 +115,18 @@ impl fmt::Display for Holder {
     }
 }
 
+/// Another backend's device as the sharing check sees it, from its nodes: a `stat` of its
+/// `physical-device-path` when that is a block device now, else its legacy
+/// `physical-device` as blkback reads it (module docs: the first fix).
+pub fn device_of(
+    physical_device_path: Option<&str>,
+    physical_device: Option<&str>,
+) -> Option<DevNum> {
+    physical_device_path
+        .and_then(os::stat_block_device)
+        .or_else(|| physical_device.and_then(os::parse_physical_device))
+}
+
 /// Reads what the decision needs, under the `block` lock.
 pub struct Scan<'a> {
     pub store: &'a dyn Store,
@@ -136,6 +148,26 @@ impl Scan<'_> {
         self.check_guests(cands)
     }
 
+    /// Every conflicting holder of any of `cands`, mounts first, then guests in walk
+    /// order: the same rules as `check`, without stopping at the first. Any listing or
+    /// read the walk needs that fails is an error (an incomplete answer could hide one).
+    pub fn holders(&self, cands: &[DevNum]) -> Result<Vec<Holder>> {
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mounts = os::local_mounts()?;
+        let mut out: Vec<Holder> = mounts
+            .iter()
+            .filter(|m| cands.contains(&m.dev) && (self.mode.writable() || !m.read_only))
+            .map(|m| Holder::Local {
+                dev: m.dev,
+                mount_point: m.mount_point.clone(),
+            })
+            .collect();
+        out.extend(self.guests(cands, true)?);
+        Ok(out)
+    }
+
     fn check_mounts(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
         let mounts = os::local_mounts()?;
         Ok(
@@ -153,14 +185,21 @@ impl Scan<'_> {
     /// daemon's per request, not a round trip each. The walk then meets each result where
     /// the one-at-a-time walk would have read it: an error after a conflict is never seen,
     /// an error before it is returned.
+    fn check_guests(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
+        Ok(self.guests(cands, false)?.into_iter().next())
+    }
+
+    /// The walk of `check_guests`; with `all`, it goes on past the first conflict and
+    /// returns every one.
     #[allow(
         clippy::indexing_slicing,
         reason = "listings, doms and dom_dirs are parallel vectors; i enumerates listings, never longer than doms"
     )]
-    fn check_guests(&self, cands: &[DevNum]) -> Result<Option<Holder>> {
+    fn guests(&self, cands: &[DevNum], all: bool) -> Result<Vec<Holder>> {
+        let mut found = Vec::new();
         let root = &self.me.type_dir;
         let Some(doms) = self.store.list(root)? else {
-            return Ok(None);
+            return Ok(found);
         };
         let dom_dirs: Vec<String> = doms.iter().map(|d| format!("{root}/{d}")).collect();
         let mut listings = self.store.list_many(&dom_dirs);
@@ -202,15 +241,18 @@ impl Scan<'_> {
                 }
                 let dom = &doms[i];
                 if self.conflicts_with(dom, &be, &mut ours)? {
-                    return Ok(Some(Holder::Guest {
+                    found.push(Holder::Guest {
                         dev: d,
                         domid: dom.clone(),
                         backend: be,
-                    }));
+                    });
+                    if !all {
+                        return Ok(found);
+                    }
                 }
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Whether backend `be` of domain `dom`, which uses one of our devices, conflicts with
@@ -263,7 +305,7 @@ impl Scan<'_> {
             .store
             .read_many(&paths)
             .into_iter()
-            .map(|r| r.map(|p| p.as_deref().and_then(os::stat_block_device)))
+            .map(|r| r.map(|p| device_of(p.as_deref(), None)))
             .collect();
         let legacy: Vec<usize> = (0..bes.len())
             .filter(|&i| matches!(out[i], Ok(None)))
@@ -273,7 +315,7 @@ impl Scan<'_> {
             .map(|&i| format!("{}/physical-device", bes[i]))
             .collect();
         for (i, r) in legacy.into_iter().zip(self.store.read_many(&nodes)) {
-            out[i] = r.map(|v| v.and_then(|v| os::parse_physical_device(&v)));
+            out[i] = r.map(|v| device_of(None, v.as_deref()));
         }
         out
     }
