@@ -498,6 +498,59 @@ mod tests {
     }
 
     #[test]
+    fn the_collecting_walk_returns_every_holder() {
+        let mut f = guests();
+        // A second holder of our device, after the first in walk order.
+        f.set("backend/vbd/3/768/physical-device", "7:5");
+        let me = BackendPath::parse("backend/vbd/9/768", "backend", "vbd").unwrap();
+        let s = Scan {
+            store: &f,
+            me: &me,
+            frontend_id: 9,
+            frontend_uuid: "/vm/9".into(),
+            mode: Mode::Write,
+        };
+        let all = s.guests(&[DEV], true).unwrap();
+        let doms: Vec<String> = all
+            .iter()
+            .map(|h| match h {
+                Holder::Guest { domid, .. } => domid.clone(),
+                Holder::Local { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(doms, ["2", "3"]);
+        // The first-conflict walk still stops at the first.
+        assert_eq!(s.check_guests(&[DEV]).unwrap(), all.first().cloned());
+        // Every read the walk needs must succeed, even after the first holder.
+        f.failing
+            .push("backend/vbd/3/768/physical-device-path".into());
+        let s = Scan {
+            store: &f,
+            me: &me,
+            frontend_id: 9,
+            frontend_uuid: "/vm/9".into(),
+            mode: Mode::Write,
+        };
+        assert!(s.guests(&[DEV], true).is_err());
+        assert!(s.check_guests(&[DEV]).unwrap().is_some());
+    }
+
+    #[test]
+    fn device_of_prefers_a_block_device_path() {
+        assert_eq!(
+            device_of(Some("/nonexistent/xbh"), Some("7:3")),
+            Some(DevNum::new(7, 3))
+        );
+        assert_eq!(device_of(None, Some(" 7:3")), Some(DevNum::new(7, 3)));
+        assert_eq!(device_of(None, None), None);
+        assert_eq!(
+            device_of(Some("/dev/null"), None),
+            None,
+            "not a block device"
+        );
+    }
+
+    #[test]
     fn batched_walk_meets_errors_where_the_serial_walk_would() {
         // A failure after the holder is never reached.
         for late in ["backend/vbd/3", "backend/vbd/3/768/physical-device-path"] {

@@ -435,7 +435,7 @@ pub struct LockHolder {
     /// Live processes with the lock file open (the holder, and any waiter queued on the
     /// same file), with their command names.
     pub open_by: Vec<(u32, String)>,
-    /// How long it has been held, at least about: since the later of the lock file's
+    /// How long it has been held, about: since the later of the lock file's
     /// change time (a new file per holder, `locking.sh`'s protocol) and the start of the
     /// holding process (a file left by a killed holder is older than its next holder).
     pub held_for: Duration,
@@ -457,18 +457,14 @@ pub fn lock_holder() -> Result<Option<LockHolder>> {
     let open_by = openers(meta.dev(), meta.ino());
     let changed = SystemTime::UNIX_EPOCH
         + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
-    let mut since = changed;
-    let starts: Vec<SystemTime> = if alive {
-        process_start(pid).into_iter().collect()
+    // The holder's start: the pid's when alive; else the oldest process with the file
+    // open (the script that ran flock(1); its children, which inherit the fd, are younger).
+    let start = if alive {
+        process_start(pid)
     } else {
-        open_by
-            .iter()
-            .filter_map(|(p, _)| process_start(*p))
-            .collect()
+        open_by.iter().filter_map(|(p, _)| process_start(*p)).min()
     };
-    if let Some(s) = starts.into_iter().max() {
-        since = since.max(s);
-    }
+    let since = start.map_or(changed, |s| s.max(changed));
     let held_for = SystemTime::now().duration_since(since).unwrap_or_default();
     Ok(Some(LockHolder {
         pid,
