@@ -61,6 +61,7 @@ impl Personality {
 )]
 struct Cli {
     /// Operator commands.
+    #[cfg(target_os = "linux")]
     #[command(subcommand)]
     command: Option<crate::admin::Command>,
     /// Which script to run.
@@ -88,10 +89,11 @@ pub fn main() -> ExitCode {
         None => {
             let cli = Cli::parse();
             let Some(script) = cli.script else {
-                return match cli.command {
-                    Some(cmd) => crate::admin::run(cmd),
-                    None => ExitCode::from(2),
-                };
+                #[cfg(target_os = "linux")]
+                if let Some(cmd) = cli.command {
+                    return crate::admin::run(cmd);
+                }
+                return ExitCode::from(2);
             };
             let invoked = format!("{}/{}", crate::script::DEFAULT_SCRIPT_DIR, script.name());
             (script, invoked, cli.args)

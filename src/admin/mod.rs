@@ -166,3 +166,181 @@ pub fn execute(store: &dyn Store, cmd: Command) -> Result<(String, u8)> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io;
+
+    use super::*;
+
+    /// A store in a map whose chosen paths fail the way a daemon refuses them: `EACCES`
+    /// (a driver domain reading a node it may not; Debian's oxenstored does not enforce
+    /// permissions on its socket) or `E2BIG` (a listing too big for one reply: C xenstored
+    /// and the xenbus ring; oxenstored's socket answers whole). Errors go through the real
+    /// conversions of `xs`.
+    #[derive(Default)]
+    struct Hostile {
+        nodes: BTreeMap<String, String>,
+        fail: Vec<(String, &'static str)>,
+    }
+
+    impl Hostile {
+        fn error(&self, path: &str) -> Option<io::Error> {
+            self.fail.iter().find(|(p, _)| p == path).map(|(_, e)| {
+                let kind = match *e {
+                    "EACCES" => io::ErrorKind::PermissionDenied,
+                    _ => io::ErrorKind::InvalidData,
+                };
+                io::Error::new(kind, format!("XS interface error {e}"))
+            })
+        }
+    }
+
+    impl Store for Hostile {
+        fn read(&self, path: &str) -> Result<Option<String>> {
+            let r = match self.error(path) {
+                Some(e) => Err(e),
+                None => match self.nodes.get(path) {
+                    Some(v) => Ok(v.clone().into_bytes()),
+                    None => Err(io::Error::from(io::ErrorKind::NotFound)),
+                },
+            };
+            crate::xs::read_result(path, r)
+        }
+        fn write(&self, _: &str, _: &str) -> Result<()> {
+            Err(anyhow!("the operator commands never write"))
+        }
+        fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
+            let r = match self.error(path) {
+                Some(e) => Err(e),
+                None => {
+                    let prefix = format!("{path}/");
+                    let mut kids: Vec<u8> = Vec::new();
+                    let mut seen: Vec<&str> = Vec::new();
+                    for k in self.nodes.keys() {
+                        if let Some(rest) = k.strip_prefix(&prefix) {
+                            let name = rest.split('/').next().unwrap_or(rest);
+                            if !seen.contains(&name) {
+                                seen.push(name);
+                                kids.extend_from_slice(name.as_bytes());
+                                kids.push(0);
+                            }
+                        }
+                    }
+                    if seen.is_empty() {
+                        Err(io::Error::from(io::ErrorKind::NotFound))
+                    } else {
+                        Ok(kids)
+                    }
+                }
+            };
+            crate::xs::list_result(path, r)
+        }
+        fn rm(&self, _: &str) -> Result<()> {
+            Err(anyhow!("the operator commands never remove"))
+        }
+    }
+
+    fn host() -> Hostile {
+        let mut h = Hostile::default();
+        for d in [5, 6] {
+            let be = format!("backend/vbd/{d}/51712");
+            for (k, v) in [("params", "/dev/loop0"), ("mode", "w"), ("state", "4")] {
+                h.nodes.insert(format!("{be}/{k}"), v.into());
+            }
+        }
+        h.nodes
+            .insert("backend/vbd3/7/768/params".into(), "/x".into());
+        h
+    }
+
+    fn status(h: &Hostile) -> Result<(String, u8)> {
+        execute(h, Command::Status { json: true })
+    }
+
+    #[test]
+    fn a_listing_or_node_that_cannot_be_read_is_an_error_naming_it() {
+        for (path, errno) in [
+            ("backend", "E2BIG"),
+            ("backend/vbd", "E2BIG"),
+            ("backend/vbd/6", "E2BIG"),
+            ("backend/vbd3", "EACCES"),
+            ("backend/vbd/5/51712/params", "EACCES"),
+            ("backend/vbd/6/51712/physical-device-path", "EACCES"),
+        ] {
+            let mut h = host();
+            h.fail.push((path.into(), errno));
+            let e = status(&h).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(path), "{path}: {msg}");
+            assert!(msg.contains(errno), "{path}: {msg}");
+            if errno == "E2BIG" {
+                assert!(msg.contains("too big"), "{msg}");
+            }
+        }
+        // A node that is not UTF-8.
+        let e = execute(&NotUtf8(host()), Command::Status { json: false }).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("backend/vbd/5/51712/mode is not valid UTF-8"),
+            "{msg}"
+        );
+    }
+
+    /// `host()`, with a `mode` whose bytes are not UTF-8, through the real conversion.
+    struct NotUtf8(Hostile);
+
+    impl Store for NotUtf8 {
+        fn read(&self, path: &str) -> Result<Option<String>> {
+            if path == "backend/vbd/5/51712/mode" {
+                return crate::xs::read_result(path, Ok(vec![b'w', 0xff]));
+            }
+            self.0.read(path)
+        }
+        fn write(&self, p: &str, v: &str) -> Result<()> {
+            self.0.write(p, v)
+        }
+        fn list(&self, path: &str) -> Result<Option<Vec<String>>> {
+            self.0.list(path)
+        }
+        fn rm(&self, path: &str) -> Result<()> {
+            self.0.rm(path)
+        }
+    }
+
+    #[test]
+    fn explain_refuses_to_answer_from_an_incomplete_walk() {
+        // A block device no mount uses; the guest walk must list backend/vbd.
+        let dev = "/dev/loop0";
+        if !std::path::Path::new(dev).exists() {
+            return;
+        }
+        let mut h = host();
+        h.fail.push(("backend/vbd".into(), "E2BIG"));
+        let e = execute(
+            &h,
+            Command::Explain {
+                path: dev.into(),
+                mode: AccessMode::R,
+                frontend: None,
+                json: true,
+            },
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("E2BIG"), "{e:#}");
+        let mut h = host();
+        h.fail.push(("/local/domain/5/vm".into(), "EACCES"));
+        let e = execute(
+            &h,
+            Command::Explain {
+                path: dev.into(),
+                mode: AccessMode::W,
+                frontend: Some(5),
+                json: false,
+            },
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("/local/domain/5/vm"), "{e:#}");
+    }
+}
