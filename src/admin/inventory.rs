@@ -6,6 +6,8 @@
 //! every frontend domain), so a host with a thousand disks costs a few thousand requests
 //! in flight together, not a round trip each.
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
 use serde_json::{Value, json};
 
@@ -175,16 +177,13 @@ impl Inventory {
             .iter()
             .map(|d| format!("/local/domain/{d}/name"))
             .collect();
-        let names: Vec<(String, Option<String>)> = doms
+        let names: BTreeMap<String, Option<String>> = doms
             .iter()
             .map(|d| d.to_string())
             .zip(probe::read_lenient(store, &name_paths))
             .collect();
         for r in &mut rows {
-            r.name = names
-                .iter()
-                .find(|(d, _)| *d == r.dom)
-                .and_then(|(_, n)| n.clone());
+            r.name = names.get(&r.dom).cloned().flatten();
         }
         Ok(rows)
     }
