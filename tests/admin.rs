@@ -696,3 +696,29 @@ fn hostile_inputs_are_clear_errors_with_exit_2() {
     assert_eq!(s.status, 2, "{s:?}");
     assert!(s.stderr.contains("cannot connect to xenstore"), "{s:?}");
 }
+
+#[test]
+fn readers_and_one_vm_s_own_domains_are_no_problem() {
+    let h = Host::new();
+    let t = TempDir::new("noproblem");
+    // Two guests reading one disk.
+    let ro = Loop::attach(&image(&t, "ro.img", 8), false);
+    h.connected(&ro.path, "r");
+    h.connected(&ro.path, "r");
+    // A guest and its stub domain (`target`) writing one disk: one VM.
+    let rw = Loop::attach(&image(&t, "rw.img", 8), false);
+    let guest = h.connected(&rw.path, "w");
+    let stub = h.connected(&rw.path, "w");
+    h.xs.write(
+        &format!("/local/domain/{}/target", stub.fe),
+        &guest.fe.to_string(),
+    );
+    let s = h.status();
+    assert_eq!(s.status, 0, "{s:?}");
+    assert_eq!(s.json()["backends"].as_array().unwrap().len(), 4);
+    // A third, unrelated guest reading the written disk is a problem.
+    let third = h.connected(&rw.path, "r");
+    let j = h.status().json();
+    assert_eq!(kinds(&j), ["shared-writable"], "{j}");
+    assert!(j["problems"][0].to_string().contains(&third.path), "{j}");
+}

@@ -314,8 +314,8 @@ enum Token {
 
 /// Disks used by two or more VMs where the sharing rules find a conflict. Backends are
 /// first grouped by disk from the inventory (cheap, no xenstore); only groups that span
-/// two domains with a writer are then judged, member by member, by the sharing module's
-/// own walk (`probe::holders`) from that member's side, as `block add` would judge it now.
+/// two domains with a writer are then judged, writer by writer, by the sharing module's
+/// own walk (`probe::holders`) from that writer's side, as `block add` would judge it now.
 pub fn shared_writable(store: &dyn Store, inv: &Inventory) -> Result<Vec<Problem>> {
     let rows = &inv.rows;
     let mut tokens: Vec<Vec<Token>> = Vec::with_capacity(rows.len());
@@ -385,9 +385,13 @@ pub fn shared_writable(store: &dyn Store, inv: &Inventory) -> Result<Vec<Problem
             .iter()
             .filter_map(|&i| Some((rows.get(i)?, tokens.get(i)?)))
         {
+            // Judged from the writers' side only: every conflict has a `w` member (`r`
+            // with `r` never conflicts, `r` with `w!` neither, and `w!` skips the check
+            // in `block add`), and a `w` request conflicts with every other VM, reader or
+            // writer, so its walk finds them all (`same_vm` is symmetric). A disk a
+            // hundred guests read costs one walk per writer, not per reader.
             let mode = Mode::canonicalise_other(r.mode.as_deref());
-            // `w!`: its administrator said sharing is fine; `block add` skips the check.
-            if mode == Mode::Force {
+            if mode != Mode::Write {
                 continue;
             }
             let (Some(me), Some(domid)) = (probe::backend_path(&r.path, &r.kind), r.domain) else {

@@ -164,40 +164,47 @@ pub fn apply(store: &dyn Store, plan: &Plan) -> Result<Vec<Done>> {
     }
     let _lock = probe::claim_block_lock(LOCK_WAIT)?;
     for m in &plan.mend {
-        if probe::reload(&m.key)?.as_ref() != Some(&m.record) {
-            done.push(Done {
-                what: format!(
-                    "left the record {}: it changed or went away meanwhile",
-                    m.key
-                ),
-                mended: false,
-            });
-            continue;
-        }
-        if probe::list(store, &m.backend)?.is_some() {
-            done.push(Done {
-                what: format!("left the record {}: {} exists again", m.key, m.backend),
-                mended: false,
-            });
-            continue;
-        }
-        let a = &m.recorded.attached;
-        let what = if m.detach {
-            match probe::detach_if_ours(&m.recorded)? {
-                LoopIdentity::Ours => format!("detached {} ({})", a.path, a.rdev),
-                LoopIdentity::Free => format!("{} was already detached", a.path),
-                LoopIdentity::Reused(why) => format!("did not detach: {why}"),
-            }
-        } else {
-            format!("{} is not ours any more", a.path)
-        };
-        probe::delete_record(&m.key)?;
-        done.push(Done {
-            what: format!("{what}; deleted the record {}", m.key),
-            mended: true,
-        });
+        // One item failing does not hide what the others did.
+        done.push(mend_one(store, m).unwrap_or_else(|e| Done {
+            what: format!("could not mend {}: {e:#}", m.key),
+            mended: false,
+        }));
     }
     Ok(done)
+}
+
+/// One item, the lock held.
+fn mend_one(store: &dyn Store, m: &Mend) -> Result<Done> {
+    if probe::reload(&m.key)?.as_ref() != Some(&m.record) {
+        return Ok(Done {
+            what: format!(
+                "left the record {}: it changed or went away meanwhile",
+                m.key
+            ),
+            mended: false,
+        });
+    }
+    if probe::list(store, &m.backend)?.is_some() {
+        return Ok(Done {
+            what: format!("left the record {}: {} exists again", m.key, m.backend),
+            mended: false,
+        });
+    }
+    let a = &m.recorded.attached;
+    let what = if m.detach {
+        match probe::detach_if_ours(&m.recorded)? {
+            LoopIdentity::Ours => format!("detached {} ({})", a.path, a.rdev),
+            LoopIdentity::Free => format!("{} was already detached", a.path),
+            LoopIdentity::Reused(why) => format!("did not detach: {why}"),
+        }
+    } else {
+        format!("{} is not ours any more", a.path)
+    };
+    probe::delete_record(&m.key)?;
+    Ok(Done {
+        what: format!("{what}; deleted the record {}", m.key),
+        mended: true,
+    })
 }
 
 impl Plan {
