@@ -722,3 +722,28 @@ fn readers_and_one_vm_s_own_domains_are_no_problem() {
     assert_eq!(kinds(&j), ["shared-writable"], "{j}");
     assert!(j["problems"][0].to_string().contains(&third.path), "{j}");
 }
+
+#[test]
+fn explain_names_a_dom0_mount_with_its_access() {
+    let h = Host::new();
+    let t = TempDir::new("explainmnt");
+    let lo = Loop::attach(&image(&t, "m.img", 8), false);
+    let m = Mounted::new(&lo.path, true);
+    let e = h.admin(&["explain", &lo.path, "--json"]);
+    assert_eq!(e.status, 1, "{e:?}");
+    let v = e.json();
+    let holder = &v["holders"][0];
+    assert_eq!(holder["kind"], "mount");
+    assert_eq!(holder["access"], "ro");
+    assert_eq!(holder["mount_point"], m.dir.path().to_str().unwrap());
+    assert_eq!(holder["device"], dev_hex(&lo.path));
+    // A read-only mount does not stop a read-only guest.
+    let e = h.admin(&["explain", &lo.path, "--mode", "r"]);
+    assert_eq!(e.status, 0, "{e:?}");
+    let e = h.admin(&["explain", &lo.path]);
+    assert!(
+        e.stdout.contains("mounted read-only in this domain at"),
+        "{}",
+        e.stdout
+    );
+}

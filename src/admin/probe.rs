@@ -215,7 +215,13 @@ pub fn target(params: &str) -> Result<Target> {
 /// How `other` relates to `dev` in sysfs: `partition` (of `dev`), `whole-disk` (`dev` is
 /// one of its partitions) or `stacked` (device-mapper, md on top).
 pub fn relation(dev: DevNum, other: DevNum) -> &'static str {
-    let dir = |d: DevNum| fs::canonicalize(format!("/sys/dev/block/{}:{}", d.major, d.minor)).ok();
+    relation_in(Path::new("/sys"), dev, other)
+}
+
+/// `relation` over the sysfs mounted at `sys`.
+fn relation_in(sys: &Path, dev: DevNum, other: DevNum) -> &'static str {
+    let dir =
+        |d: DevNum| fs::canonicalize(sys.join(format!("dev/block/{}:{}", d.major, d.minor))).ok();
     match (dir(dev), dir(other)) {
         (Some(a), Some(b)) if b.parent() == Some(a.as_path()) => "partition",
         (Some(a), Some(b)) if a.parent() == Some(b.as_path()) => "whole-disk",
@@ -553,6 +559,25 @@ mod tests {
         assert_eq!(flock_holder(locks, DevNum::new(0xfe, 0), 55), None, "POSIX");
         let only_waiter = "2: -> FLOCK  ADVISORY  WRITE 1300 00:1a:5678 0 EOF\n";
         assert_eq!(flock_holder(only_waiter, DevNum::new(0, 0x1a), 5678), None);
+    }
+
+    #[test]
+    fn relations_follow_the_sysfs_tree() {
+        use std::os::unix::fs::symlink;
+        let sys = std::env::temp_dir().join(format!("xbh-rel-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&sys);
+        let blk = sys.join("devices/block");
+        fs::create_dir_all(blk.join("sda/sda1")).unwrap();
+        fs::create_dir_all(blk.join("dm-0")).unwrap();
+        fs::create_dir_all(sys.join("dev/block")).unwrap();
+        for (d, p) in [("8:0", "sda"), ("8:1", "sda/sda1"), ("253:0", "dm-0")] {
+            symlink(blk.join(p), sys.join("dev/block").join(d)).unwrap();
+        }
+        let d = DevNum::new;
+        assert_eq!(relation_in(&sys, d(8, 0), d(8, 1)), "partition");
+        assert_eq!(relation_in(&sys, d(8, 1), d(8, 0)), "whole-disk");
+        assert_eq!(relation_in(&sys, d(8, 1), d(253, 0)), "stacked");
+        fs::remove_dir_all(&sys).unwrap();
     }
 
     #[test]
