@@ -460,8 +460,10 @@ fn a_stale_record_is_reported_then_deleted() {
     assert_eq!(kinds(&j), ["stale-record"], "{j}");
     let p = problems(&j)[0];
     assert_eq!(p["backend"], v.path.as_str());
+    // Free, or already taken by another test's attach: either way not ours.
+    let why = p["why"].as_str().unwrap();
     assert!(
-        p["why"].as_str().unwrap().contains("no longer attached"),
+        why.contains("no longer attached") || why.contains("reused since"),
         "{p}"
     );
     let dry = h.admin(&["sweep"]);
