@@ -240,10 +240,14 @@ pub struct GoneLoop<'a> {
 /// The loop records whose backend is not in the inventory. Records of other kinds
 /// (`block-iscsi`, `block-nbd`, `block-drbd`) are left to their own remove: their device
 /// nodes outlive the connection, so "no device" cannot be told from here.
-pub fn gone_loops(inv: &Inventory) -> Result<Vec<GoneLoop<'_>>> {
+pub fn gone_loops<'a>(store: &dyn Store, inv: &'a Inventory) -> Result<Vec<GoneLoop<'a>>> {
     let mut out = Vec::new();
     for f in &inv.records {
         if f.kind != "loop" || inv.rows.iter().any(|r| r.record.as_deref() == Some(&f.key)) {
+            continue;
+        }
+        // An add that began after the backends were listed has a backend by now.
+        if probe::list(store, &f.backend)?.is_some() {
             continue;
         }
         let recorded = probe::recorded_loop(f)?;
@@ -467,7 +471,7 @@ pub fn lock_problem(holder: Option<LockHolder>) -> Option<Problem> {
 pub fn find(store: &dyn Store, inv: &Inventory) -> Result<Vec<Problem>> {
     let mut out = shared_writable(store, inv)?;
     out.extend(reused_devices(inv));
-    out.extend(gone_loops(inv)?.iter().map(GoneLoop::problem));
+    out.extend(gone_loops(store, inv)?.iter().map(GoneLoop::problem));
     out.extend(lock_problem(probe::lock_holder()?));
     Ok(out)
 }

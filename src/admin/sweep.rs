@@ -78,7 +78,7 @@ pub fn plan(store: &dyn Store) -> Result<Plan> {
     );
     let mut mend = Vec::new();
     let mut mounts = None;
-    for g in problems::gone_loops(&inv)? {
+    for g in problems::gone_loops(store, &inv)? {
         let problem = g.problem();
         let detach = g.identity == LoopIdentity::Ours;
         if detach {
