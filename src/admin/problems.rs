@@ -98,8 +98,8 @@ impl Problem {
                     .collect();
                 let dev = device.map(|d| format!(" ({d})")).unwrap_or_default();
                 format!(
-                    "{disk}{dev} is used by {}, and at least one of them can write to it: \
-                     the sharing rules forbid this (data corruption)",
+                    "{disk}{dev} is used by {}: one VM can write to it while another uses \
+                     it, which the sharing rules forbid (its data can be corrupted)",
                     join_and(&who)
                 )
             }

@@ -221,16 +221,21 @@ impl Plan {
                 out.push_str("Would mend (run again with --apply):\n");
                 for m in &self.mend {
                     let a = &m.recorded.attached;
-                    let what = if m.detach {
-                        format!(
-                            "detach {} ({}) and delete its record {}: {}",
+                    let what = match &m.problem {
+                        Problem::OrphanLoop { backing_file, .. } => format!(
+                            "detach {} ({}) over {}, attached for {} (gone), and delete its \
+                             record {}",
                             a.path,
                             a.rdev,
-                            m.key,
-                            m.problem.message()
-                        )
-                    } else {
-                        format!("delete the record {}: {}", m.key, m.problem.message())
+                            backing_file.as_deref().unwrap_or("an image file"),
+                            m.backend,
+                            m.key
+                        ),
+                        Problem::StaleRecord { why, .. } => format!(
+                            "delete the record {}: {} is gone, and {why}",
+                            m.key, m.backend
+                        ),
+                        other => other.message(),
                     };
                     out.push_str(&table::wrap(
                         &what,
