@@ -6,11 +6,10 @@
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use super::probe::{self, Target};
+use super::probe::{self, Holder, Target};
 use super::table;
 use crate::devnum::DevNum;
 use crate::mode::Mode;
-use crate::sharing::Holder;
 use crate::xs::Store;
 
 /// One holder, as shown.

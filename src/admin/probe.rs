@@ -19,12 +19,16 @@ use crate::devnum::DevNum;
 use crate::invocation::BackendPath;
 use crate::lock::{LOCK_DIR, Lock};
 use crate::mode::Mode;
-use crate::mountinfo::Mount;
 use crate::os;
 use crate::os::loopdev::{self, Attached, Detach};
-use crate::sharing::{self, Holder, Scan};
-use crate::state::{self, Record};
+use crate::sharing::{self, Scan};
+use crate::state;
 use crate::xs::{Store, XenStore};
+
+// The types of the wrapped modules the admin modules see, re-exported from here only.
+pub use crate::mountinfo::Mount;
+pub use crate::sharing::Holder;
+pub use crate::state::Record;
 
 /// Connects to xenstore the way `block` does (`XENSTORED_PATH`, else the xenbus device).
 pub fn open_store() -> Result<XenStore> {

@@ -8,10 +8,9 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::inventory::{Inventory, Row};
-use super::probe::{self, LockHolder, LoopIdentity, RecordFile, RecordedLoop};
+use super::probe::{self, Holder, LockHolder, LoopIdentity, RecordFile, RecordedLoop};
 use crate::devnum::DevNum;
 use crate::mode::Mode;
-use crate::sharing::Holder;
 use crate::xs::Store;
 
 /// libxl kills a hotplug script after 40 s (`LIBXL_HOTPLUG_TIMEOUT`); a `block` lock held

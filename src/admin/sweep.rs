@@ -11,11 +11,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::inventory::Inventory;
-use super::probe::{self, LoopIdentity, RecordedLoop};
+use super::probe::{self, LoopIdentity, Mount, Record, RecordedLoop};
 use super::problems::{self, GoneLoop, Problem};
 use super::table;
 use crate::devnum::DevNum;
-use crate::state::Record;
 use crate::xs::Store;
 
 /// How long `--apply` waits for the `block` lock before giving up.
@@ -117,7 +116,7 @@ fn untouchable(
     g: &GoneLoop<'_>,
     shared_devs: &[DevNum],
     shared_files: &[(DevNum, u64)],
-    mounts: &mut Option<Vec<crate::mountinfo::Mount>>,
+    mounts: &mut Option<Vec<Mount>>,
 ) -> Result<Option<String>> {
     let dev = g.recorded.attached.rdev;
     let related = probe::related_devices(dev);
