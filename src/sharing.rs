@@ -48,9 +48,18 @@ impl Holder {
 /// The first mount that conflicts: for a read-only request only writable mounts do, for
 /// a read-write request every mount does.
 pub fn mount_conflict<'m>(cands: &[DevNum], mounts: &'m [Mount], mode: Mode) -> Option<&'m Mount> {
+    mount_conflicts(cands, mounts, mode).next()
+}
+
+/// Every mount that conflicts, by the rule of `mount_conflict`.
+pub fn mount_conflicts<'m>(
+    cands: &[DevNum],
+    mounts: &'m [Mount],
+    mode: Mode,
+) -> impl Iterator<Item = &'m Mount> {
     mounts
         .iter()
-        .find(|m| cands.contains(&m.dev) && (mode.writable() || !m.read_only))
+        .filter(move |m| cands.contains(&m.dev) && (mode.writable() || !m.read_only))
 }
 
 /// Whether another backend using one of our devices conflicts. Read-write requests
@@ -156,9 +165,7 @@ impl Scan<'_> {
             return Ok(Vec::new());
         }
         let mounts = os::local_mounts()?;
-        let mut out: Vec<Holder> = mounts
-            .iter()
-            .filter(|m| cands.contains(&m.dev) && (self.mode.writable() || !m.read_only))
+        let mut out: Vec<Holder> = mount_conflicts(cands, &mounts, self.mode)
             .map(|m| Holder::Local {
                 dev: m.dev,
                 mount_point: m.mount_point.clone(),
@@ -343,6 +350,9 @@ mod tests {
         assert!(mount_conflict(&[a], &mounts, Mode::Read).is_none());
         assert!(mount_conflict(&[b], &mounts, Mode::Read).is_some());
         assert!(mount_conflict(&[DevNum::new(8, 0)], &mounts, Mode::Write).is_none());
+        assert_eq!(mount_conflicts(&[a, b], &mounts, Mode::Write).count(), 2);
+        let ro: Vec<&Mount> = mount_conflicts(&[a, b], &mounts, Mode::Read).collect();
+        assert_eq!(ro, [&mounts[1]]);
     }
 
     #[test]
