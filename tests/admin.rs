@@ -594,20 +594,44 @@ impl Drop for Holder {
 fn a_lock_held_past_libxl_s_timeout_is_reported_with_its_holder() {
     let h = Host::new();
     let t = TempDir::new("lockheld");
+    // An orphan to mend, planted while the lock is free.
+    let img = image(&t, "disk.img", 8);
+    let _c = Cleanup(img.clone());
+    let v = h.guest(img.to_str().unwrap(), "w");
+    h.block(&v, "add");
+    let node = h.xs.read(&v.node("node")).unwrap();
+    h.xs.rm(&v.path);
+
     let holder = Holder::start(&h, t.path());
+    let since = Instant::now();
     let s = h.status();
-    assert_eq!(s.status, 0, "held briefly is no problem: {s:?}");
+    assert_eq!(s.status, 1, "{s:?}");
+    assert_eq!(
+        kinds(&s.json()),
+        ["orphan-loop"],
+        "held briefly is no problem"
+    );
+    // The read-only commands never wait for the lock (they would hang here).
+    let free = image(&t, "free.img", 1);
+    assert_eq!(h.admin(&["explain", free.to_str().unwrap()]).status, 0);
+    assert_eq!(h.admin(&["sweep"]).status, 1);
+    // sweep --apply needs the lock: it gives up after 30 s and touches nothing.
+    let s = h.admin(&["sweep", "--apply"]);
+    assert_eq!(s.status, 2, "{s:?}");
+    assert!(s.stderr.contains("was not free within 30 s"), "{s:?}");
+    assert!(is_bound(&node) && h.record(&v).exists());
     // libxl gives a hotplug script 40 s.
-    std::thread::sleep(Duration::from_secs(41));
+    std::thread::sleep(Duration::from_secs(41).saturating_sub(since.elapsed()));
     let s = h.status();
     assert_eq!(s.status, 1, "{s:?}");
     let j = s.json();
-    assert_eq!(kinds(&j), ["lock-held"], "{j}");
-    let p = problems(&j)[0];
+    assert_eq!(kinds(&j), ["orphan-loop", "lock-held"], "{j}");
+    let p = problems(&j)[1];
     assert!(p["seconds"].as_u64().unwrap() >= 40, "{p}");
     assert_eq!(p["lock"], "/var/run/xen-hotplug/block");
     // /proc/locks names flock(1), which has exited; the script keeps the file open.
     assert!(p["pid"].as_u64().unwrap() > 0);
+    assert_eq!(p["pid_alive"], false);
     let open: Vec<u64> = p["open_by"]
         .as_array()
         .unwrap()
@@ -622,6 +646,9 @@ fn a_lock_held_past_libxl_s_timeout_is_reported_with_its_holder() {
         human.stdout
     );
     drop(holder);
+    let s = h.admin(&["sweep", "--apply"]);
+    assert_eq!(s.status, 0, "{s:?}");
+    assert!(loops_of(&img).is_empty());
     assert_eq!(h.status().status, 0);
 }
 
