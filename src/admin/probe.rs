@@ -288,11 +288,6 @@ pub struct RecordFile {
     pub record: Record,
 }
 
-/// Where records live.
-pub fn records_dir() -> &'static str {
-    state::STATE_DIR
-}
-
 /// Every remove record (temporary files of a save in progress are skipped). A record that
 /// cannot be read or parsed is an error naming it.
 pub fn records() -> Result<Vec<RecordFile>> {
