@@ -129,6 +129,24 @@ pub fn related_devices(dev: DevNum) -> Vec<DevNum> {
     os::related_devices(dev)
 }
 
+/// The block device a backend's `params` names now, if any: a path, a name under `/dev`
+/// (`block add`'s rule), or either after a qemu format prefix (`aio:`, `raw:`, ...), for
+/// backends whose device is never published in `physical-device` (qdisk).
+pub fn params_device(params: &str) -> Option<DevNum> {
+    let path = match params.split_once(':') {
+        Some((prefix, rest)) if !prefix.contains('/') => rest,
+        _ => params,
+    };
+    if path.is_empty() {
+        return None;
+    }
+    if path.starts_with('/') {
+        os::stat_block_device(path)
+    } else {
+        os::stat_block_device(&format!("/dev/{path}"))
+    }
+}
+
 /// Every bound loop device over the file (`st_dev`, `st_ino`), as (path, device).
 pub fn loops_over(file_dev: DevNum, ino: u64) -> Result<Vec<(String, DevNum)>> {
     loopdev::loops_backed_by(file_dev, ino)
@@ -577,6 +595,25 @@ mod tests {
         assert_eq!(relation_in(&sys, d(8, 1), d(8, 0)), "whole-disk");
         assert_eq!(relation_in(&sys, d(8, 1), d(253, 0)), "stacked");
         fs::remove_dir_all(&sys).unwrap();
+    }
+
+    #[test]
+    fn params_name_devices_with_or_without_a_format_prefix() {
+        let Some(dev) = os::stat_block_device("/dev/loop0") else {
+            return;
+        };
+        for p in ["/dev/loop0", "loop0", "aio:/dev/loop0", "raw:loop0"] {
+            assert_eq!(params_device(p), Some(dev), "{p}");
+        }
+        for p in [
+            "",
+            "aio:",
+            "/dev/null",
+            "/nonexistent/x.img",
+            "qcow2:/srv/x.qcow2",
+        ] {
+            assert_eq!(params_device(p), None, "{p}");
+        }
     }
 
     #[test]

@@ -120,11 +120,13 @@ fn untouchable(
 ) -> Result<Option<String>> {
     let dev = g.recorded.attached.rdev;
     let related = probe::related_devices(dev);
-    if let Some(r) = inv
-        .rows
-        .iter()
-        .find(|r| r.dev.is_some_and(|d| related.contains(&d)))
-    {
+    if let Some(r) = inv.rows.iter().find(|r| {
+        r.dev.is_some_and(|d| related.contains(&d))
+            || r.params
+                .as_deref()
+                .and_then(probe::params_device)
+                .is_some_and(|d| related.contains(&d))
+    }) {
         return Ok(Some(format!("the live backend {} uses it", r.path)));
     }
     if shared_devs.iter().any(|d| related.contains(d)) || shared_files.contains(&g.recorded.backing)
@@ -254,9 +256,23 @@ impl Plan {
         if !self.left.is_empty() {
             out.push_str("Left alone (reported only):\n");
             for l in &self.left {
-                let text = match &l.why {
-                    Some(w) => format!("{} Not touched: {w}.", l.problem.message()),
-                    None => l.problem.message(),
+                let text = match (&l.problem, &l.why) {
+                    (
+                        Problem::OrphanLoop {
+                            loop_device,
+                            device,
+                            backing_file,
+                            backend,
+                            ..
+                        },
+                        Some(w),
+                    ) => format!(
+                        "{loop_device} ({device}) over {}, attached for {backend} (gone), is \
+                         not touched: {w}.",
+                        backing_file.as_deref().unwrap_or("an image file")
+                    ),
+                    (p, Some(w)) => format!("{} Not touched: {w}.", p.message()),
+                    (p, None) => p.message(),
                 };
                 out.push_str(&table::wrap(
                     &text,
