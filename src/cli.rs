@@ -24,11 +24,22 @@ use crate::xs::XenStore;
 /// `block-iscsi`, `block-nbd` and `block-drbd` in the Xen script directory; it can also be
 /// run as `xen-block-hotplug <script> <arguments>`.
 #[derive(Parser, Debug)]
-#[command(name = "xen-block-hotplug", version, about, long_about = None)]
+#[command(
+    name = "xen-block-hotplug",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    /// Operator commands.
+    #[cfg(target_os = "linux")]
+    #[command(subcommand)]
+    command: Option<crate::admin::Command>,
     /// Which script to run.
-    #[arg(value_enum)]
-    script: Personality,
+    #[arg(value_enum, required = true)]
+    script: Option<Personality>,
     /// The script's arguments, as libxl passes them (Linux: `add` or `remove`, with
     /// XENBUS_PATH in the environment).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -50,12 +61,15 @@ pub fn main() -> ExitCode {
         Some(p) => (p, argv0, argv.iter().skip(1).cloned().collect()),
         None => {
             let cli = Cli::parse();
-            let invoked = format!(
-                "{}/{}",
-                crate::script::DEFAULT_SCRIPT_DIR,
-                cli.script.name()
-            );
-            (cli.script, invoked, cli.args)
+            let Some(script) = cli.script else {
+                #[cfg(target_os = "linux")]
+                if let Some(cmd) = cli.command {
+                    return crate::admin::run(cmd);
+                }
+                return ExitCode::from(2);
+            };
+            let invoked = format!("{}/{}", crate::script::DEFAULT_SCRIPT_DIR, script.name());
+            (script, invoked, cli.args)
         }
     };
     log::init(&invoked);

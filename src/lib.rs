@@ -8,6 +8,9 @@
 #![deny(clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+// The operator commands read Linux's loop devices and sysfs.
+#[cfg(target_os = "linux")]
+pub mod admin;
 pub mod applet;
 pub mod backend;
 pub mod cli;
