@@ -9,6 +9,7 @@
 #   make demo            a private oxenstored, an image file, block add, block remove
 #   make e2e             real Xen + dom0 under qemu (TCG), attaching disks through us
 #   make bench           speed and memory against Debian's upstream scripts
+#   make bench-status    `status` over 1000 disk backends (XBH_STATUS_N), wall time
 #   make stress          storms, kills and hostile input at large sizes, with figures
 #   make fuzz            every cargo-fuzz target for FUZZ_SECS (600) seconds
 
@@ -32,7 +33,7 @@ FUZZ_SECS ?= 600
 FUZZ_SMOKE_SECS ?= 4
 
 .PHONY: all build man install install-files uninstall deb deb-test deb-cycle test test-deps lint \
-	cargo-test bats fuzz-smoke demo e2e bench clean stress fuzz
+	cargo-test bats fuzz-smoke demo e2e bench clean stress fuzz bench-status
 
 all: build
 
@@ -142,6 +143,11 @@ bench:
 	tests/support/install-deps
 	$(CARGO) build --release --locked
 	bench/run
+
+bench-status:
+	tests/support/install-deps
+	$(CARGO) build --release --locked
+	bench/admin-status
 
 clean:
 	$(CARGO) clean

@@ -25,8 +25,14 @@ use crate::xs::XenStore;
 /// `block-iscsi`, `block-nbd` and `block-drbd` in the Xen script directory; it can also be
 /// run as `xen-block-hotplug <script> <arguments>`.
 #[derive(Parser, Debug)]
-#[command(name = "xen-block-hotplug", version, about, long_about = None)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "xen-block-hotplug",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     /// Which script to run.
     #[arg(value_enum, required = true)]
@@ -44,6 +50,10 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Host(activate::HostCommand),
+    /// Operator commands (they read Linux's loop devices and sysfs).
+    #[cfg(target_os = "linux")]
+    #[command(flatten)]
+    Admin(crate::admin::Command),
 }
 
 /// The whole command line as clap sees it, for the man page generator (`examples/mangen.rs`).
@@ -68,6 +78,8 @@ pub fn main() -> ExitCode {
             let cli = Cli::parse();
             let script = match (cli.command, cli.script) {
                 (Some(Command::Host(c)), _) => return activate::run(c),
+                #[cfg(target_os = "linux")]
+                (Some(Command::Admin(c)), _) => return crate::admin::run(c),
                 (None, Some(script)) => script,
                 // clap requires one of the two
                 (None, None) => return ExitCode::from(2),

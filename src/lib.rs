@@ -9,6 +9,9 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod activate;
+// The operator commands read Linux's loop devices and sysfs.
+#[cfg(target_os = "linux")]
+pub mod admin;
 pub mod applet;
 pub mod backend;
 pub mod cli;

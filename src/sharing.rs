@@ -62,9 +62,19 @@ pub fn mount_conflict<'m>(
     mounts: &'m [Mount],
     mode: Mode,
 ) -> Option<&'m Mount> {
+    mount_conflicts(cands, mounts, mode).next()
+}
+
+/// Every mount that conflicts, in mount table order, by the rule of `mount_conflict`
+/// (`SharingCheck::holders` lists them all).
+pub fn mount_conflicts<'m>(
+    cands: &[Identity],
+    mounts: &'m [Mount],
+    mode: Mode,
+) -> impl Iterator<Item = &'m Mount> {
     mounts
         .iter()
-        .find(|m| cands.contains(&Identity::Dev(m.dev)) && (mode.writable() || !m.read_only))
+        .filter(move |m| cands.contains(&Identity::Dev(m.dev)) && (mode.writable() || !m.read_only))
 }
 
 /// Whether another backend using one of our devices conflicts. Read-write requests
@@ -172,6 +182,26 @@ impl<P: Platform> SharingCheck<'_, P> {
         self.check_guests(cands)
     }
 
+    /// Every conflicting holder of any of `cands`, the mounts first (mount table order),
+    /// then the guests in walk order: the rules and the walk of `check`, going on past the
+    /// first conflict (the operator commands: `explain`, `status`). Errors: any mount
+    /// table, listing or node the walk needs that cannot be read, even after a conflict
+    /// (an incomplete answer could hide a holder).
+    pub fn holders(&self, cands: &[Identity]) -> Result<Vec<Holder>> {
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mounts = self.platform.local_mounts()?;
+        let mut out: Vec<Holder> = mount_conflicts(cands, &mounts, self.judged_mode())
+            .map(|m| Holder::Local {
+                dev: m.dev,
+                mount_point: m.mount_point.clone(),
+            })
+            .collect();
+        out.extend(self.guests(cands, true)?);
+        Ok(out)
+    }
+
     /// `check` of device numbers (the storage helpers' devices).
     pub fn check_devices(&self, devs: &[DevNum]) -> Result<Option<Holder>> {
         let cands: Vec<Identity> = devs.iter().copied().map(Identity::Dev).collect();
@@ -189,22 +219,32 @@ impl<P: Platform> SharingCheck<'_, P> {
     }
 
     fn check_guests(&self, cands: &[Identity]) -> Result<Option<Holder>> {
+        Ok(self.guests(cands, false)?.into_iter().next())
+    }
+
+    /// The conflicting guests the walk meets, in walk order: only the first unless `all`
+    /// (then the walk goes on, and reads every node it needs).
+    fn guests(&self, cands: &[Identity], all: bool) -> Result<Vec<Holder>> {
         let mut ours: Option<OurVm> = None;
+        let mut found = Vec::new();
         walk(
             self.platform,
             self.store,
             self.me,
             cands,
             |dom, be, ident| {
-                Ok(self
-                    .conflicts_with(dom, &be, &mut ours)?
-                    .then(|| Holder::Guest {
-                        ident,
-                        domid: dom.to_string(),
-                        backend: be,
-                    }))
+                if !self.conflicts_with(dom, &be, &mut ours)? {
+                    return Ok(None);
+                }
+                found.push(Holder::Guest {
+                    ident,
+                    domid: dom.to_string(),
+                    backend: be,
+                });
+                Ok((!all).then_some(()))
             },
-        )
+        )?;
+        Ok(found)
     }
 
     /// Whether backend `be` of domain `dom`, which uses one of our devices, conflicts with
@@ -333,6 +373,24 @@ fn walk<P: Platform, T>(
     Ok(None)
 }
 
+/// Another backend's disk as the walk sees it, from its nodes: what its
+/// `physical-device-path` names now when that is usable (`Platform::stat_identity`), else
+/// its legacy `physical-device` as this OS's backend reads it (module docs: the first fix).
+/// For readers that fetched the nodes themselves (`status`); the walk uses it too.
+pub fn device_of<P: Platform>(
+    platform: &P,
+    physical_device_path: Option<&str>,
+    physical_device: Option<&str>,
+) -> Option<Identity> {
+    physical_device_path
+        .and_then(|p| platform.stat_identity(p))
+        .or_else(|| {
+            physical_device
+                .and_then(|v| platform.parse_physical_device(v))
+                .map(Identity::Dev)
+        })
+}
+
 /// Each other backend's disk, in order: what its `physical-device-path` names now when it
 /// names something usable, else its legacy `physical-device` node (read only then).
 #[allow(
@@ -353,7 +411,7 @@ fn devices_of<'b, P: Platform>(
         .read_many(&paths)
         .into_iter()
         .map(|r| {
-            r.map(|p| p.as_deref().and_then(|p| platform.stat_identity(p)))
+            r.map(|p| device_of(platform, p.as_deref(), None))
                 .map_err(Into::into)
         })
         .collect();
@@ -366,10 +424,7 @@ fn devices_of<'b, P: Platform>(
         .collect();
     for (i, r) in legacy.into_iter().zip(store.read_many(&nodes)) {
         out[i] = r
-            .map(|v| {
-                v.and_then(|v| platform.parse_physical_device(&v))
-                    .map(Identity::Dev)
-            })
+            .map(|v| device_of(platform, None, v.as_deref()))
             .map_err(Into::into);
     }
     out
@@ -403,6 +458,10 @@ mod tests {
         // A file used as is, on the mounted file system, is not the mount.
         let file = Identity::File { fs: b, ino: 12 };
         assert!(mount_conflict(&[file], &mounts, Mode::Write).is_none());
+        // Every conflicting mount, by the same rule.
+        assert_eq!(mount_conflicts(&[ia, ib], &mounts, Mode::Write).count(), 2);
+        let rw: Vec<&Mount> = mount_conflicts(&[ia, ib], &mounts, Mode::Read).collect();
+        assert_eq!(rw, [&mounts[1]]);
     }
 
     #[test]
@@ -540,6 +599,72 @@ mod tests {
         p.mounts.borrow_mut().push(m(DEV, true));
         let check = SharingCheck { store: &f, ..check };
         assert!(check.check(&[Identity::Dev(DEV)]).unwrap().is_some());
+    }
+
+    #[test]
+    fn holders_are_every_conflict_of_the_checks_walk() {
+        let f = guests();
+        // A second holder of our device, after the first in walk order.
+        f.set("backend/vbd/3/832/physical-device", "7:5");
+        let me = BackendPath::parse("backend/vbd/9/768", "backend", "vbd").unwrap();
+        let p = Fake::<LinuxRules>::new("holders");
+        p.mounts.borrow_mut().push(m(DEV, true));
+        let check = SharingCheck {
+            platform: &p,
+            store: &f,
+            me: &me,
+            frontend_id: 9,
+            frontend_vm: "/vm/9".into(),
+            mode: Mode::Write,
+            read_only_sharing: true,
+        };
+        let all = check.holders(&[Identity::Dev(DEV)]).unwrap();
+        let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "local 7:5 at /mnt",
+                "guest 7:5 in domain 2",
+                "guest 7:5 in domain 3"
+            ]
+        );
+        // The check stops at the first of them.
+        assert_eq!(
+            check.check(&[Identity::Dev(DEV)]).unwrap(),
+            all.first().cloned()
+        );
+        // A read-only request: the read-only mount is no conflict, the writers are.
+        let ro = SharingCheck {
+            mode: Mode::Read,
+            frontend_vm: check.frontend_vm.clone(),
+            ..check
+        };
+        assert_eq!(ro.holders(&[Identity::Dev(DEV)]).unwrap().len(), 2);
+        // The same VM is no conflict, as for the check.
+        f.set("/local/domain/3/vm", "/vm/9");
+        assert_eq!(check.holders(&[Identity::Dev(DEV)]).unwrap().len(), 2);
+        // Every node the walk needs must be read, even past the first holder; the check
+        // never reaches it.
+        f.fail_at("backend/vbd/3/832/physical-device-path");
+        assert!(check.holders(&[Identity::Dev(DEV)]).is_err());
+        assert!(check.check(&[Identity::Dev(DEV)]).unwrap().is_some());
+        assert_eq!(check.holders(&[]).unwrap(), []);
+    }
+
+    #[test]
+    fn device_of_prefers_what_the_path_names() {
+        let p = Fake::<LinuxRules>::new("device-of");
+        p.name("/dev/xbh-disk", Named::Dev(DevNum::new(8, 16)));
+        assert_eq!(
+            device_of(&p, Some("/dev/xbh-disk"), Some("7:3")),
+            Some(Identity::Dev(DevNum::new(8, 16)))
+        );
+        assert_eq!(
+            device_of(&p, Some("/nonexistent/xbh"), Some("7:3")),
+            Some(Identity::Dev(DevNum::new(7, 3)))
+        );
+        assert_eq!(device_of(&p, None, None), None);
+        assert_eq!(device_of(&p, None, Some("not a device")), None);
     }
 
     #[test]

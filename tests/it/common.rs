@@ -602,6 +602,11 @@ impl ShellLockHolder {
         self.dir.join("marker").exists()
     }
 
+    /// The shell's pid (`unshare` and `sh` exec into it): a process with the lock file open.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn wait_marker(&self, content: &str, limit: Duration) -> bool {
         let t = Instant::now();
         while t.elapsed() < limit {

@@ -12,6 +12,7 @@ mod common;
 mod fakes;
 mod rel;
 
+mod admin;
 mod block;
 mod exhaust;
 mod faults;

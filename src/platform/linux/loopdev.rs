@@ -296,40 +296,10 @@ pub enum Detach {
 
 /// Detaches `expected` only if it is still the device we attached to (`dev`, `ino`).
 pub fn detach_if_ours(expected: &Attached, backing: (DevNum, u64)) -> Result<Detach> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(&expected.path)
-    {
+    let file = match open_if_ours(expected, backing)? {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Detach::AlreadyFree),
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", expected.path)),
+        Err(found) => return Ok(found),
     };
-    let meta = file.metadata()?;
-    let rdev = split_dev(meta.rdev());
-    if !meta.file_type().is_block_device() || rdev != expected.rdev {
-        return Ok(Detach::Reused(format!(
-            "{} is now device {rdev}, not {}",
-            expected.path, expected.rdev
-        )));
-    }
-    let Some(now) = backing_of(&file)? else {
-        return Ok(Detach::AlreadyFree);
-    };
-    if now != backing {
-        return Ok(Detach::Reused(format!(
-            "{} is now backed by inode {} on {}, not inode {} on {}",
-            expected.path, now.1, now.0, backing.1, backing.0
-        )));
-    }
-    if let (Some(want), Some(have)) = (expected.diskseq, diskseq(&file))
-        && want != have
-    {
-        return Ok(Detach::Reused(format!(
-            "{} has disk sequence {have:x}, not {want:x}: it was re-attached since",
-            expected.path
-        )));
-    }
     // SAFETY: LOOP_CLR_FD takes no argument. On a device still open elsewhere (blkback),
     // the kernel defers the detach until the last close (autoclear).
     match unsafe { ioctl::loop_clr_fd(file.as_raw_fd()) } {
@@ -337,6 +307,55 @@ pub fn detach_if_ours(expected: &Attached, backing: (DevNum, u64)) -> Result<Det
         Err(Errno::ENXIO) => Ok(Detach::AlreadyFree),
         Err(e) => Err(anyhow!(e).context(format!("cannot detach {}", expected.path))),
     }
+}
+
+/// What `detach_if_ours` would find, without detaching: `Detached` means the loop is still
+/// ours (it would be detached).
+pub fn identify(expected: &Attached, backing: (DevNum, u64)) -> Result<Detach> {
+    Ok(match open_if_ours(expected, backing)? {
+        Ok(_) => Detach::Detached,
+        Err(found) => found,
+    })
+}
+
+/// The identity checks of `detach_if_ours`: the loop opened when it is still the one we
+/// attached, else why not.
+fn open_if_ours(expected: &Attached, backing: (DevNum, u64)) -> Result<Result<File, Detach>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&expected.path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(Detach::AlreadyFree)),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", expected.path)),
+    };
+    let meta = file.metadata()?;
+    let rdev = split_dev(meta.rdev());
+    if !meta.file_type().is_block_device() || rdev != expected.rdev {
+        return Ok(Err(Detach::Reused(format!(
+            "{} is now device {rdev}, not {}",
+            expected.path, expected.rdev
+        ))));
+    }
+    let Some(now) = backing_of(&file)? else {
+        return Ok(Err(Detach::AlreadyFree));
+    };
+    if now != backing {
+        return Ok(Err(Detach::Reused(format!(
+            "{} is now backed by inode {} on {}, not inode {} on {}",
+            expected.path, now.1, now.0, backing.1, backing.0
+        ))));
+    }
+    if let (Some(want), Some(have)) = (expected.diskseq, diskseq(&file))
+        && want != have
+    {
+        return Ok(Err(Detach::Reused(format!(
+            "{} has disk sequence {have:x}, not {want:x}: it was re-attached since",
+            expected.path
+        ))));
+    }
+    Ok(Ok(file))
 }
 
 /// Unconditionally detaches a loop device we hold open (undoing our own attach).
