@@ -8,6 +8,7 @@
 //! flight, because xenstore-rs sends one at a time; on the device they go one at a time.
 
 mod pipeline;
+pub mod txn;
 
 use std::cell::OnceCell;
 use std::io;
