@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use xen_block_hotplug::xs::txn::{Finish, MAX_ATTEMPTS, Report, WaitError, XsTxn};
+use xen_block_hotplug::xs::txn::{BackendTxn, Finish, MAX_ATTEMPTS, Report, WaitError, XsTxn};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 static N: AtomicU32 = AtomicU32::new(0);
@@ -193,6 +193,13 @@ fn a_removed_backend_stays_absent() {
                 "backend/vbd/5/51712",
                 &[("physical-device", "7:0"), ("hotplug-status", "connected")],
             )
+            .unwrap();
+        assert_eq!(r, Report::Vanished);
+        assert_eq!(d.read("/local/domain/0/backend/vbd/5"), None);
+        // The same through the trait the reporter takes.
+        let t: &dyn BackendTxn = &xs;
+        let r = t
+            .report_into_existing("backend/vbd/5/51712", &[("hotplug-status", "error")])
             .unwrap();
         assert_eq!(r, Report::Vanished);
         assert_eq!(d.read("/local/domain/0/backend/vbd/5"), None);

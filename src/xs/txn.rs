@@ -572,6 +572,41 @@ impl XsTxn {
     }
 }
 
+/// The three backend primitives as a trait, so the code that reports (issue 10's reporter)
+/// can be unit-tested with a fake store; [`XsTxn`] is the real one.
+pub trait BackendTxn {
+    /// [`XsTxn::report_into_existing`].
+    fn report_into_existing(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report>;
+    /// [`XsTxn::publish`].
+    fn publish(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report>;
+    /// [`XsTxn::wait_for_state`].
+    fn wait_for_state(
+        &self,
+        backend_dir: &str,
+        wanted: u32,
+        deadline: Instant,
+    ) -> Result<u32, WaitError>;
+}
+
+impl BackendTxn for XsTxn {
+    fn report_into_existing(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report> {
+        XsTxn::report_into_existing(self, backend_dir, nodes)
+    }
+
+    fn publish(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report> {
+        XsTxn::publish(self, backend_dir, nodes)
+    }
+
+    fn wait_for_state(
+        &self,
+        backend_dir: &str,
+        wanted: u32,
+        deadline: Instant,
+    ) -> Result<u32, WaitError> {
+        XsTxn::wait_for_state(self, backend_dir, wanted, deadline)
+    }
+}
+
 fn wait_loop(wire: &mut Wire, dir: &str, wanted: u32, deadline: Instant) -> Result<u32, WaitError> {
     let state_path = format!("{dir}/state");
     loop {
