@@ -9,11 +9,10 @@
 # asks e2e-dd's agent through xenstore (dd_run). The driver domain is booted by the first
 # driver scenario and destroyed by driver-leftovers (or dd_down at the end).
 #
-#   driver-file      a guest's rw image file served by e2e-dd: loop made there, data
-#                    written by the guest through blkfront lands in the image, remove on
-#                    shutdown frees the loop and the backend
-#   driver-phy       the same with a loop device set up in e2e-dd by the caller: left
-#                    attached by remove
+#   driver-file-phy  a running guest with two rw disks served by e2e-dd: an image file
+#                    (loop made there) and a loop device the caller set up there; the
+#                    guest's writes through blkfront land in both images; remove on
+#                    shutdown frees the file's loop, leaves the caller's, and the backends go
 #   driver-share     a paused guest holds an image rw (xl block-attach); a second paused
 #                    guest asking it rw is refused: hotplug-status=busy, our hotplug-error
 #                    in `xl devd`'s libxl error line, no physical-device, the holder's
@@ -54,7 +53,7 @@ EOF
 	t0=$(date +%s)
 	xlrun create /tmp/$DD_NAME.cfg || return 1
 	DD_ID=$(xl domid $DD_NAME 2>/dev/null)
-	if ! wait_until 120 eval '[ "$(xsr "$(dd_path)/ready")" = 1 ]'; then
+	if ! wait_until 150 eval '[ "$(xsr "$(dd_path)/ready")" = 1 ]'; then
 		log "  driver domain $DD_ID did not report ready"
 		dd_console_tail 40
 		return 1
@@ -95,25 +94,6 @@ dd_run() {
 	return "${rc:-125}"
 }
 
-# dd_guest_cfg NAME TARGET ACCESS MARKER -> config of a guest whose disk e2e-dd serves
-dd_guest_cfg() {
-	local cfg=/tmp/$1.cfg
-	cat >"$cfg" <<EOF
-name = "$1"
-type = "pv"
-kernel = "$GUEST_KERNEL"
-ramdisk = "$GUEST_RAMDISK"
-extra = "console=hvc0 loglevel=4 e2e_marker=$4"
-memory = 96
-vcpus = 1
-on_poweroff = "destroy"
-on_reboot = "destroy"
-on_crash = "destroy"
-disk = [ 'format=raw, vdev=xvda, access=$3, backend=$DD_NAME, script=block, target=$2' ]
-EOF
-	echo "$cfg"
-}
-
 # dd_connected BE: the script in e2e-dd reported success; on failure log its error
 dd_connected() {
 	if wait_until 60 eval '[ -n "$(xsr "'"$1"'/hotplug-status")" ]' &&
@@ -137,66 +117,73 @@ dd_check_nodes() {
 	ok "mode = $2" eq "$(xsr "$be/mode")" "$2"
 }
 
-# dd_guest_cycle NAME TARGET IMAGE: a running guest writes through blkfront to TARGET
-# (served by e2e-dd, backed by IMAGE there); data checked in e2e-dd; shutdown runs remove
-dd_guest_cycle() {
-	local name=$1 target=$2 img=$3 marker domid be
-	marker=$RANDOM$RANDOM
-	if ! ok "xl create $name with disk backend=$DD_NAME target=$target" \
-		xlrun create "$(dd_guest_cfg "$name" "$target" rw "$marker")"; then
-		return 1
-	fi
-	domid=$(xl domid "$name" 2>/dev/null)
-	be=$(dd_be "$domid")
-	log "  guest $name is domain $domid, backend $be"
+# dd_disk_up BE IMAGE: a disk of the running guest: nodes, Connected, the loop of IMAGE in
+# e2e-dd, the guest's marker and status on it (written through blkfront and blkback);
+# prints nothing, sets DD_PDP ("" when the script failed)
+dd_disk_up() {
+	local be=$1 img=$2
 	DD_PDP=""
-	if dd_check_nodes "$be" w; then
-		ok "backend state reaches 4 (Connected)" wait_until 60 state_is "$be" 4
-		ok "$DD_PDP is the loop device of $img in $DD_NAME" \
-			dd_run "[ \"\$(loops_of $img)\" = '$DD_PDP' ]"
-		ok "the guest's marker arrives on $DD_PDP (written through blkfront and blkback)" \
-			dd_run "wait_for 90 eval '[ \"\$(get $DD_PDP 0)\" = E2E-GUEST-MARKER-$marker ]'" 100
-		ok "the guest read its write back" dd_run "[ \"\$(get $DD_PDP 2)\" = 'E2E-GUEST-STATUS ok' ]"
-		dd_run "put $DD_PDP 1 E2E-GO-DOWN" || bad "could not signal the guest"
-	else
-		xl destroy "$name" >/dev/null 2>&1
-	fi
-	ok "guest powers off and is destroyed" wait_until 120 dom_gone "$name"
-	ok "backend dir removed (remove ran in $DD_NAME)" wait_until 30 xs_absent "/local/domain/$DD_ID/backend/vbd/$domid"
-	[ -z "$DD_PDP" ] ||
-		ok "marker in the image in $DD_NAME" dd_run "[ \"\$(getfile $img 0)\" = E2E-GUEST-MARKER-$marker ]"
-	show_guest_logs "$name"
+	dd_check_nodes "$be" w || return 1
+	ok "backend state reaches 4 (Connected)" wait_until 60 state_is "$be" 4
+	ok "$DD_PDP is the loop device of $img in $DD_NAME" dd_run "[ \"\$(loops_of $img)\" = '$DD_PDP' ]"
+	ok "the guest's marker arrives on $DD_PDP and it read it back" \
+		dd_run "wait_for 90 eval '[ \"\$(get $DD_PDP 0)\" = E2E-GUEST-MARKER-$DD_MARKER ]' && [ \"\$(get $DD_PDP 2)\" = 'E2E-GUEST-STATUS ok' ]" 100
 }
 
-sc_driver_file() {
-	begin driver-file "an image file served by a driver domain (xl devd, blkback, our block there)"
+sc_driver_file_phy() {
+	begin driver-file-phy "a file and a phy disk of a running guest served by a driver domain (xl devd, blkback, our block there)"
+	local loop="" domid fbe pbe fpdp
 	if ! dd_up; then
 		bad "driver domain $DD_NAME did not come up"
 		finish
 		return
 	fi
-	dd_run "truncate -s 16M /srv/ddf.img"
-	dd_guest_cycle e2e-ddg /srv/ddf.img /srv/ddf.img
-	ok "no loop device left for the image in $DD_NAME" dd_run "wait_for 10 eval '[ -z \"\$(loops_of /srv/ddf.img)\" ]'" 20
-	dd_run "rm -f /srv/ddf.img"
-	finish
-}
-
-sc_driver_phy() {
-	begin driver-phy "a loop device set up in a driver domain, served to a guest from there"
-	local loop
-	if ! dd_up; then
-		bad "driver domain $DD_NAME did not come up"
-		finish
-		return
-	fi
-	if ok "losetup in $DD_NAME" dd_run "truncate -s 16M /srv/ddp.img && losetup -f --show /srv/ddp.img"; then
+	if ok "image and caller's loop device in $DD_NAME" \
+		dd_run "truncate -s 16M /srv/ddf.img /srv/ddp.img && losetup -f --show /srv/ddp.img"; then
 		loop=$(printf '%s\n' "$DD_OUT" | tail -n 1)
-		dd_guest_cycle e2e-ddg "$loop" /srv/ddp.img
-		ok "phy remove left the caller's $loop attached" dd_run "[ \"\$(loops_of /srv/ddp.img)\" = '$loop' ]"
-		dd_run "losetup -d $loop"
+		DD_MARKER=$RANDOM$RANDOM
+		cat >/tmp/e2e-ddg.cfg <<EOF
+name = "e2e-ddg"
+type = "pv"
+kernel = "$GUEST_KERNEL"
+ramdisk = "$GUEST_RAMDISK"
+extra = "console=hvc0 loglevel=4 e2e_marker=$DD_MARKER e2e_second=1"
+memory = 96
+vcpus = 1
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "destroy"
+disk = [ 'format=raw, vdev=xvda, access=rw, backend=$DD_NAME, script=block, target=/srv/ddf.img',
+         'format=raw, vdev=xvdb, access=rw, backend=$DD_NAME, script=block, target=$loop' ]
+EOF
+		if ok "xl create a guest: xvda file /srv/ddf.img, xvdb phy $loop, both backend=$DD_NAME" \
+			xlrun create /tmp/e2e-ddg.cfg; then
+			domid=$(xl domid e2e-ddg 2>/dev/null)
+			fbe=$(dd_be "$domid")
+			pbe=${fbe%/*}/$(vdev_devid xvdb)
+			log "  guest e2e-ddg is domain $domid; backends $fbe, $pbe"
+			log "  -- file disk (xvda)"
+			dd_disk_up "$fbe" /srv/ddf.img
+			fpdp=$DD_PDP
+			log "  -- phy disk (xvdb)"
+			dd_disk_up "$pbe" /srv/ddp.img &&
+				ok "physical-device-path of the phy disk is $loop" eq "$DD_PDP" "$loop"
+			if [ -n "$fpdp" ]; then
+				dd_run "put $fpdp 1 E2E-GO-DOWN" || bad "could not signal the guest"
+			fi
+			ok "guest powers off and is destroyed" wait_until 120 dom_gone e2e-ddg
+			ok "both backends removed (remove ran in $DD_NAME)" \
+				wait_until 30 xs_absent "/local/domain/$DD_ID/backend/vbd/$domid"
+			[ -z "$fpdp" ] || ok "file: marker in the image, its loop device freed" \
+				dd_run "[ \"\$(getfile /srv/ddf.img 0)\" = E2E-GUEST-MARKER-$DD_MARKER ] && wait_for 10 eval '[ -z \"\$(loops_of /srv/ddf.img)\" ]'" 20
+			ok "phy: the caller's $loop left attached, marker in its image" \
+				dd_run "[ \"\$(loops_of /srv/ddp.img)\" = '$loop' ] && [ \"\$(getfile /srv/ddp.img 0)\" = E2E-GUEST-MARKER-$DD_MARKER ]"
+		fi
+		dom_gone e2e-ddg || xl destroy e2e-ddg >/dev/null 2>&1
+		show_guest_logs e2e-ddg
 	fi
-	dd_run "rm -f /srv/ddp.img"
+	[ -z "$loop" ] || dd_run "losetup -d $loop"
+	dd_run "rm -f /srv/ddf.img /srv/ddp.img"
 	finish
 }
 

@@ -833,7 +833,7 @@ xenstore-ls -f /local/domain/0 2>&1 | head -n 20 | sed 's/^/  /'
 
 T0=$(date +%s)
 for sc in phy-rw file-rw file-ro share-phy share-file share-ro guest-pv upstream-concurrent lock-interop \
-	nbd iscsi drbd driver-file driver-phy driver-share driver-share-ro driver-leftovers; do
+	nbd iscsi drbd driver-file-phy driver-share driver-share-ro driver-leftovers; do
 	wanted "$sc" || continue
 	t=$(date +%s)
 	"sc_${sc//-/_}"
