@@ -495,7 +495,8 @@ impl XsTxn {
             match (r, end) {
                 (Ok(Finish::Commit(v)), Ok(_)) if commit => return Ok(v),
                 (Ok(Finish::Abort(v)), Ok(_)) => return Ok(v),
-                (Err(e), Ok(_)) if !conflict => return Err(e),
+                // The body's own failure says more than a failed abort would.
+                (Err(e), _) if !conflict => return Err(e),
                 (_, Err(e)) if !is_eagain(&e) => {
                     return Err(e).context("cannot end a xenstore transaction");
                 }
