@@ -202,7 +202,7 @@ type = "pv"
 kernel = "$GUEST_KERNEL"
 ramdisk = "$GUEST_RAMDISK"
 extra = "console=hvc0 loglevel=4"
-memory = 64
+memory = 96
 vcpus = 1
 on_poweroff = "destroy"
 on_crash = "destroy"
