@@ -87,9 +87,14 @@ demo:
 	$(CARGO) build --release --locked
 	tests/support/demo $(BIN)
 
+# The driver-domain scenarios fail until the sharing check reads a guest's unreadable `vm`
+# (EACCES in a driver domain) as an unknown identity (issue 11 point 1). Drop them from
+# E2E_FLAGS with that fix: an unexpected pass (XPASS) fails the run.
+E2E_FLAGS ?= --xfail driver-file-phy,driver-share,driver-share-ro
+
 e2e:
 	$(MAKE) install DESTDIR=$(CURDIR)/target/e2e-install OS=Linux
-	tests/e2e/run.sh --install-tree $(CURDIR)/target/e2e-install
+	tests/e2e/run.sh --install-tree $(CURDIR)/target/e2e-install $(E2E_FLAGS)
 
 bench:
 	tests/support/install-deps

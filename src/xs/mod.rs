@@ -10,6 +10,7 @@
 #[cfg(test)]
 pub mod mem;
 mod pipeline;
+pub mod txn;
 
 use std::cell::OnceCell;
 use std::fmt;
