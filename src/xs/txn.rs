@@ -564,7 +564,7 @@ impl XsTxn {
         let watch = two_strings(backend_dir, &token);
         wire.call(XS_WATCH, 0, &watch)
             .with_context(|| format!("cannot watch xenstore node {backend_dir}"))
-            .map_err(|e| WaitError::Xenstore(e.into()))?;
+            .map_err(WaitError::Xenstore)?;
         let r = wait_loop(&mut wire, backend_dir, wanted, deadline);
         // The connection may be used again: stop the events and drop those queued.
         let _ = wire.call(XS_UNWATCH, 0, &watch);
