@@ -26,9 +26,10 @@ use crate::log;
 use crate::mode::Mode;
 use crate::platform::{Device, FileTarget, Identity, LegacyNodes, Platform, Target};
 use crate::record::Record;
-use crate::report::busy;
+use crate::report::{busy, gone};
 use crate::request::{
     AddNodes, Frontend, read_only_file, read_only_file_because, refused_write, require_init_wait,
+    wait_for_init_wait,
 };
 use crate::script::Script;
 use crate::sharing::{self, SharingCheck};
@@ -126,6 +127,8 @@ fn add_file<P: Platform>(
     check: &SharingCheck<P>,
     file: FileTarget,
 ) -> Result<()> {
+    // Outside the lock: a backend still Initialising is waited for (issue 11 point 5).
+    wait_for_init_wait(be)?;
     let lock = claim_lock(p)?;
     let key = be.path.record_key();
     // A record for this backend path without a published device is an attach that never
@@ -154,9 +157,11 @@ fn add_file<P: Platform>(
         bail!("{path} was replaced while being attached");
     }
     if check.mode != Mode::Force {
-        // Any use of a device already made from the file is a use of the file.
+        // Any use of a device already made from the file is a use of the file; so is the
+        // file opened by QEMU or tapback (issue 11 point 2).
         let made = p.attached_by(&file)?;
-        let mut cands: Vec<Identity> = Vec::new();
+        let own = p.file_identity(&file);
+        let mut cands: Vec<Identity> = own.into_iter().collect();
         for a in &made {
             for r in p.related_to_attachment(a.dev) {
                 if !cands.contains(&Identity::Dev(r)) {
@@ -165,6 +170,10 @@ fn add_file<P: Platform>(
             }
         }
         if let Some(h) = check.check(&cands)? {
+            if Some(h.ident()) == own {
+                let what = format!("File {path}");
+                return Err(busy(sharing::busy_message(&what, check.mode, &h)));
+            }
             let via = made
                 .iter()
                 .find(|a| a.dev == h.dev())
@@ -234,6 +243,8 @@ fn remove<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
     // No record: a phy backend, one attached by the shell script, or nothing we know.
     let target = match be.read("params")? {
         Some(params) => Some(p.classify(&params)?),
+        // Nothing to undo, and nowhere to report to (issue 11 point 3).
+        None if !be.exists()? => return Err(gone(&be.path)),
         None => None,
     };
     let file = match &target {
