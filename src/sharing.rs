@@ -965,6 +965,31 @@ mod tests {
     }
 
     #[test]
+    fn params_paths_as_qemu_and_tapback_read_them() {
+        for (params, want) in [
+            ("/vm/a.img", Some("/vm/a.img")),
+            ("aio:/vm/a.img", Some("/vm/a.img")),
+            ("vhd:/vm/a.vhd", Some("/vm/a.vhd")),
+            ("qcow2:/vm/a.qcow2", Some("/vm/a.qcow2")),
+            ("tapdisk:aio:/vm/a.img", Some("/vm/a.img")),
+            ("raw:/dev/sdb", Some("/dev/sdb")),
+            ("a.img", None),
+            ("aio:a.img", None),
+            ("aio:", None),
+            (":/vm/a.img", None),
+            ("x y:/vm/a.img", None),
+            ("a:b:c:/vm/a.img", None),
+            ("nbd:host:10809", None),
+        ] {
+            assert_eq!(params_path(params), want, "{params}");
+        }
+        assert_eq!(server_of("qdisk"), Some("QEMU"));
+        assert_eq!(server_of("vbd3"), Some("tapback"));
+        assert_eq!(server_of("vbd"), None);
+        assert_eq!(kind_of("/local/domain/0/backend/qdisk/5/51712"), "qdisk");
+    }
+
+    #[test]
     fn messages_name_the_holder() {
         let g = Holder::Guest {
             ident: Identity::Dev(DevNum::new(7, 0)),
