@@ -13,6 +13,7 @@ mod fakes;
 mod rel;
 
 mod block;
+mod deployments;
 mod exhaust;
 mod faults;
 mod harness;
