@@ -87,10 +87,9 @@ demo:
 	$(CARGO) build --release --locked
 	tests/support/demo $(BIN)
 
-# The driver-domain scenarios fail until the sharing check reads a guest's unreadable `vm`
-# (EACCES in a driver domain) as an unknown identity (issue 11 point 1). Drop them from
-# E2E_FLAGS with that fix: an unexpected pass (XPASS) fails the run.
-E2E_FLAGS ?= --xfail driver-file-phy,driver-share,driver-share-ro
+# Extra flags for tests/e2e/run.sh (`--xfail a,b`, `--only a,b`): none by default, every
+# scenario, the driver-domain ones included, must pass.
+E2E_FLAGS ?=
 
 e2e:
 	$(MAKE) install DESTDIR=$(CURDIR)/target/e2e-install OS=Linux
