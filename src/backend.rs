@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 
 use crate::invocation::BackendPath;
-use crate::log;
 use crate::report::Reporter;
 use crate::xs::Store;
 
@@ -48,12 +47,6 @@ impl<'a> Backend<'a> {
             Some(_) => Err(anyhow!("backend node {} is empty", self.path.node(name))),
             None => Err(anyhow!("backend node {} is missing", self.path.node(name))),
         }
-    }
-
-    pub fn write(&self, name: &str, value: &str) -> Result<()> {
-        let path = self.path.node(name);
-        log::debug(&format!("Writing {path} {value} to xenstore."));
-        Ok(self.store.write(&path, value)?)
     }
 
     /// Publishes the device (upstream `write_dev`): `node` (the node naming a device we

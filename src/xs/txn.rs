@@ -1,5 +1,7 @@
-//! Xenstore transactions and watches on our own wire code, and the three backend
-//! primitives built on them (issue 11, points 3, 4 and 5).
+//! Xenstore transactions and watches on our own wire code, and the two backend
+//! primitives built on them (issue 11, points 3, 4 and 5), which `XenStore` serves as
+//! `Store::write_into_existing` (every report and publication) and
+//! `Store::wait_for_state`.
 //!
 //! xenstore-rs's blocking client has neither transactions nor watches (it always sends
 //! tx_id 0), so these requests go over a connection of our own, framed as in `pipeline`
@@ -511,8 +513,10 @@ impl XsTxn {
 
     /// Writes `nodes` (names relative to `backend_dir`, in order) in one transaction, only
     /// if `backend_dir` still exists: a removed backend is never recreated (issue 11 point
-    /// 3: `WRITE` creates missing parents). `Vanished` means nothing was written. Retried
-    /// on `EAGAIN` as [`XsTxn::transaction`].
+    /// 3: `WRITE` creates missing parents), and a publication (`node`,
+    /// `physical-device-path`, `diskseq`, `physical-device`, `hotplug-status`; point 4) is
+    /// seen whole or not at all. `Vanished` means nothing was written. Retried on `EAGAIN`
+    /// as [`XsTxn::transaction`].
     pub fn report_into_existing(
         &self,
         backend_dir: &str,
@@ -520,24 +524,6 @@ impl XsTxn {
     ) -> Result<Report> {
         self.transaction(|tx| tx.write_into_existing(backend_dir, nodes))
             .with_context(|| format!("cannot report into backend {backend_dir}"))
-    }
-
-    /// Publishes a device (issue 11 point 4): `node`, `physical-device-path`, `diskseq`,
-    /// `physical-device`, then `hotplug-status` in one transaction, so blkback, libxl and
-    /// other scripts see all of them or none; into an existing `backend_dir` only, as
-    /// [`XsTxn::report_into_existing`]. The last pair must be `hotplug-status`, which
-    /// libxl waits for (interface doc §1.2).
-    pub fn publish(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report> {
-        match nodes.last() {
-            Some(("hotplug-status", _)) => {}
-            _ => {
-                return Err(anyhow!(
-                    "publishing into {backend_dir}: hotplug-status must be the last node"
-                ));
-            }
-        }
-        self.transaction(|tx| tx.write_into_existing(backend_dir, nodes))
-            .with_context(|| format!("cannot publish the device into backend {backend_dir}"))
     }
 
     /// Waits, with a xenstore watch on `backend_dir`, until its `state` is `wanted` or a
@@ -570,41 +556,6 @@ impl XsTxn {
         let _ = wire.call(XS_UNWATCH, 0, &watch);
         wire.events.clear();
         r
-    }
-}
-
-/// The three backend primitives as a trait, so the code that reports (issue 10's reporter)
-/// can be unit-tested with a fake store; [`XsTxn`] is the real one.
-pub trait BackendTxn {
-    /// [`XsTxn::report_into_existing`].
-    fn report_into_existing(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report>;
-    /// [`XsTxn::publish`].
-    fn publish(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report>;
-    /// [`XsTxn::wait_for_state`].
-    fn wait_for_state(
-        &self,
-        backend_dir: &str,
-        wanted: u32,
-        deadline: Instant,
-    ) -> Result<u32, WaitError>;
-}
-
-impl BackendTxn for XsTxn {
-    fn report_into_existing(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report> {
-        XsTxn::report_into_existing(self, backend_dir, nodes)
-    }
-
-    fn publish(&self, backend_dir: &str, nodes: &[(&str, &str)]) -> Result<Report> {
-        XsTxn::publish(self, backend_dir, nodes)
-    }
-
-    fn wait_for_state(
-        &self,
-        backend_dir: &str,
-        wanted: u32,
-        deadline: Instant,
-    ) -> Result<u32, WaitError> {
-        XsTxn::wait_for_state(self, backend_dir, wanted, deadline)
     }
 }
 

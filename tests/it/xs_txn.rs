@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use xen_block_hotplug::xs::txn::{BackendTxn, Finish, MAX_ATTEMPTS, Report, WaitError, XsTxn};
+use xen_block_hotplug::xs::txn::{Finish, MAX_ATTEMPTS, Report, WaitError, XsTxn};
 
 use crate::common::Xenstored;
 
@@ -116,17 +116,10 @@ fn a_removed_backend_stays_absent() {
         assert_eq!(d.read("/local/domain/0/backend/vbd/5"), None);
         assert_eq!(d.read("/local/domain/0/backend/vbd"), None);
         let r = xs
-            .publish(
+            .report_into_existing(
                 "backend/vbd/5/51712",
                 &[("physical-device", "7:0"), ("hotplug-status", "connected")],
             )
-            .unwrap();
-        assert_eq!(r, Report::Vanished);
-        assert_eq!(d.read("/local/domain/0/backend/vbd/5"), None);
-        // The same through the trait the reporter takes.
-        let t: &dyn BackendTxn = &xs;
-        let r = t
-            .report_into_existing("backend/vbd/5/51712", &[("hotplug-status", "error")])
             .unwrap();
         assert_eq!(r, Report::Vanished);
         assert_eq!(d.read("/local/domain/0/backend/vbd/5"), None);
@@ -180,15 +173,6 @@ fn a_report_into_an_existing_backend_lands_whole() {
     assert_eq!(d.read(&format!("{abs}/hotplug-status")).unwrap(), "error");
     // A name with a slash would write outside the directory.
     assert!(d.txn().report_into_existing(be, &[("../x", "v")]).is_err());
-    // publish insists on hotplug-status last.
-    assert!(
-        d.txn()
-            .publish(
-                be,
-                &[("hotplug-status", "connected"), ("physical-device", "7:0")]
-            )
-            .is_err()
-    );
 }
 
 /// Readers in transactions, while a writer keeps the directory busy, never see part of a
@@ -248,7 +232,7 @@ fn a_publication_is_seen_whole_or_not_at_all() {
         start.wait();
         let r = d
             .txn()
-            .publish(
+            .report_into_existing(
                 "backend/vbd/7/51712",
                 &[
                     ("node", "/dev/loop7"),
