@@ -34,13 +34,16 @@ impl AddNodes {
             ));
             return Ok(None);
         }
-        // No params: the backend may be gone altogether (libxl tore the device down, or
-        // nothing ever was there): that is said as such, and never written into.
-        if be.read("params")?.is_none() && !be.exists()? {
-            return Err(gone(&be.path));
-        }
+        let params = match be.read("params")? {
+            Some(p) if !p.is_empty() => p,
+            Some(_) => return Err(anyhow!("backend node {} is empty", be.path.node("params"))),
+            // No params: the backend may be gone altogether (libxl tore the device down,
+            // or nothing ever was there): that is said as such, and never written into.
+            None if !be.exists()? => return Err(gone(&be.path)),
+            None => return Err(anyhow!("backend node {} is missing", be.path.node("params"))),
+        };
         Ok(Some(AddNodes {
-            params: be.require("params")?,
+            params,
             mode: be.require("mode")?,
             ty: be.read("type")?,
         }))
