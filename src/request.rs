@@ -40,7 +40,12 @@ impl AddNodes {
             // No params: the backend may be gone altogether (libxl tore the device down,
             // or nothing ever was there): that is said as such, and never written into.
             None if !be.exists()? => return Err(gone(&be.path)),
-            None => return Err(anyhow!("backend node {} is missing", be.path.node("params"))),
+            None => {
+                return Err(anyhow!(
+                    "backend node {} is missing",
+                    be.path.node("params")
+                ));
+            }
         };
         Ok(Some(AddNodes {
             params,

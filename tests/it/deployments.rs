@@ -156,4 +156,17 @@ fn a_file_backend_initialising_then_initwait_after_300ms_is_connected() {
     assert!(r.log.contains("was removed"), "{r:?}");
     assert!(xs.ls(&v.path).is_empty() && xs.read(&v.path).is_none());
     assert!(loops_of(&img).is_empty());
+
+    // Stuck at Initialising: the wait ends inside the run's deadline (3 s here) with its
+    // own error, not the watchdog's "timed out after 3 s while ...".
+    let v = me(&xs, img.to_str().unwrap(), "w");
+    xs.write(&v.node("state"), "1");
+    let r = xs.run_with(
+        "block",
+        &["add"],
+        &[("XENBUS_PATH", &v.path), ("XEN_BLOCK_HOTPLUG_TIMEOUT", "3")],
+    );
+    let err = assert_refused(&xs, &v, &r, "error", "timed out waiting for backend");
+    assert!(err.contains("reach state 2 (last state: 1)"), "{err}");
+    assert!(loops_of(&img).is_empty());
 }
