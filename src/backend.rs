@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 
 use crate::invocation::BackendPath;
-use crate::log;
 use crate::report::Reporter;
 use crate::xs::Store;
 
@@ -36,6 +35,11 @@ impl<'a> Backend<'a> {
         Ok(self.store.read(&self.path.node(name))?)
     }
 
+    /// Whether the backend directory still exists (libxl removes it at teardown).
+    pub fn exists(&self) -> Result<bool> {
+        Ok(self.store.list(&self.path.path)?.is_some())
+    }
+
     /// A node that must exist and be non-empty (upstream `xenstore_read` semantics).
     pub fn require(&self, name: &str) -> Result<String> {
         match self.read(name)? {
@@ -45,17 +49,12 @@ impl<'a> Backend<'a> {
         }
     }
 
-    pub fn write(&self, name: &str, value: &str) -> Result<()> {
-        let path = self.path.node(name);
-        log::debug(&format!("Writing {path} {value} to xenstore."));
-        Ok(self.store.write(&path, value)?)
-    }
-
     /// Publishes the device (upstream `write_dev`): `node` (the node naming a device we
     /// made: `("node", "/dev/loop3")`, `("vnd", "/dev/vnd1d")`), `physical-device-path`,
-    /// `diskseq` before `physical-device` (which blkback acts on; spelled by the
-    /// platform, absent where the backend reads none), and `hotplug-status=connected`
-    /// last.
+    /// `diskseq`, `physical-device` (which blkback acts on; spelled by the platform,
+    /// absent where the backend reads none), and `hotplug-status=connected` last, all in
+    /// one xenstore transaction into the backend only if it still exists
+    /// (`Reporter::publish`; issue 11 points 3 and 4).
     pub fn write_dev(
         &self,
         node: Option<(&str, &str)>,
@@ -63,17 +62,19 @@ impl<'a> Backend<'a> {
         physical_device: Option<&str>,
         seq: Option<u64>,
     ) -> Result<()> {
-        if let Some((name, value)) = node {
-            self.write(name, value)?;
+        let seq = seq.map(|s| format!("{s:x}"));
+        let mut nodes: Vec<(&str, &str)> = Vec::with_capacity(4);
+        if let Some(n) = node {
+            nodes.push(n);
         }
-        self.write("physical-device-path", path)?;
-        if let Some(s) = seq {
-            self.write("diskseq", &format!("{s:x}"))?;
+        nodes.push(("physical-device-path", path));
+        if let Some(s) = &seq {
+            nodes.push(("diskseq", s));
         }
         if let Some(pd) = physical_device {
-            self.write("physical-device", pd)?;
+            nodes.push(("physical-device", pd));
         }
-        self.report_success()
+        self.reporter.publish(self.store, &self.path, &nodes)
     }
 
     /// `hotplug-status=connected`, through the reporter.

@@ -23,7 +23,7 @@ use anyhow::Result;
 
 use crate::invocation::BackendPath;
 use crate::log;
-use crate::xs::Store;
+use crate::xs::{Gone, Report, Store};
 
 /// A refusal because the device is in use, or a read-only file was asked read-write:
 /// reported as `hotplug-status=busy` (upstream's `ebusy`). Its `Display` is upstream's
@@ -119,18 +119,55 @@ impl Reporter {
         self.done.load(Ordering::SeqCst)
     }
 
-    /// Writes `hotplug-status=connected`, the last write of a success. Errors when the
-    /// write fails, or when the watchdog reported first (the run has failed then).
-    pub fn success(&self, store: &dyn Store, be: &BackendPath) -> Result<()> {
+    /// Gives the claim back: the report it was for wrote nothing.
+    fn release(&self) {
+        self.done.store(false, Ordering::SeqCst);
+    }
+
+    /// Publishes a success: `nodes` (names relative to the backend, in order) then
+    /// `hotplug-status=connected`, in one xenstore transaction (issue 11 point 4, as
+    /// Qubes' helper does), so blkback, libxl and other scripts see all of them or none;
+    /// and only into a backend that still exists (point 3). Errors: the watchdog reported
+    /// first (the run has failed then); the backend was removed (`xs::Gone`: nothing
+    /// written); the transaction failed (nothing written: the claim is given back, so the
+    /// failure can still be reported).
+    pub fn publish(
+        &self,
+        store: &dyn Store,
+        be: &BackendPath,
+        nodes: &[(&str, &str)],
+    ) -> Result<()> {
         if !self.claim() {
             anyhow::bail!("the run was already reported as failed");
         }
-        write(store, be, "hotplug-status", "connected")
+        let mut all: Vec<(&str, &str)> = nodes.to_vec();
+        all.push(("hotplug-status", "connected"));
+        for (n, v) in &all {
+            log::debug(&format!("Writing {} {v} to xenstore.", be.node(n)));
+        }
+        match store.write_into_existing(&be.path, &all) {
+            Ok(Report::Written) => Ok(()),
+            Ok(Report::Vanished) => {
+                self.release();
+                Err(gone(be))
+            }
+            Err(e) => {
+                self.release();
+                Err(e)
+            }
+        }
     }
 
-    /// Logs the failure and writes `hotplug-error` then `hotplug-status`, unless the run
-    /// has been reported already (then it is only logged). Failing to write them is
-    /// logged too; the exit status still says failure.
+    /// `publish` of `hotplug-status=connected` alone.
+    pub fn success(&self, store: &dyn Store, be: &BackendPath) -> Result<()> {
+        self.publish(store, be, &[])
+    }
+
+    /// Logs the failure and writes `hotplug-error` then `hotplug-status`, in one
+    /// transaction and only if the backend still exists (issue 11 point 3: a report must
+    /// not recreate a backend libxl removed), unless the run has been reported already
+    /// (then it is only logged). Failing to write them is logged too; the exit status
+    /// still says failure.
     pub fn failure(&self, store: &dyn Store, be: &BackendPath, err: &anyhow::Error) {
         let (status, text) = describe(err);
         log::err(&text);
@@ -139,18 +176,29 @@ impl Reporter {
             return;
         }
         let text = truncate(&text, MAX_ERROR_LEN);
-        if let Err(e) = write(store, be, "hotplug-error", &text)
-            .and_then(|()| write(store, be, "hotplug-status", status))
-        {
-            log::err(&format!("could not report the failure in xenstore: {e:#}"));
+        for (n, v) in [("hotplug-error", text.as_str()), ("hotplug-status", status)] {
+            log::debug(&format!("Writing {} {v} to xenstore.", be.node(n)));
+        }
+        match store.write_into_existing(
+            &be.path,
+            &[("hotplug-error", &text), ("hotplug-status", status)],
+        ) {
+            Ok(Report::Written) => {}
+            Ok(Report::Vanished) => log::err(&format!(
+                "{}: not reported in xenstore, so as not to recreate it",
+                gone(be)
+            )),
+            Err(e) => log::err(&format!("could not report the failure in xenstore: {e:#}")),
         }
     }
 }
 
-fn write(store: &dyn Store, be: &BackendPath, name: &str, value: &str) -> Result<()> {
-    let path = be.node(name);
-    log::debug(&format!("Writing {path} {value} to xenstore."));
-    Ok(store.write(&path, value)?)
+/// The error of a backend that no longer exists (issue 11 point 3).
+pub fn gone(be: &BackendPath) -> anyhow::Error {
+    anyhow::Error::new(Gone {
+        dir: be.path.clone(),
+        state: None,
+    })
 }
 
 #[cfg(test)]
@@ -196,6 +244,7 @@ mod tests {
     fn the_first_report_wins_and_the_second_writes_nothing() {
         let be = BackendPath::parse("backend/vbd/1/768", "backend", "vbd").unwrap();
         let s = MemStore::default();
+        s.set("backend/vbd/1/768/state", "2");
         let r = Reporter::new();
         r.failure(&s, &be, &anyhow!("timed out"));
         assert_eq!(
@@ -214,6 +263,7 @@ mod tests {
         );
 
         let s = MemStore::default();
+        s.set("backend/vbd/1/768/state", "2");
         let r = Reporter::new();
         r.success(&s, &be).unwrap();
         r.failure(&s, &be, &anyhow!("timed out"));
@@ -222,5 +272,66 @@ mod tests {
             Some("connected")
         );
         assert_eq!(s.get("backend/vbd/1/768/hotplug-error"), None);
+    }
+
+    #[test]
+    fn a_removed_backend_is_not_recreated_by_either_report() {
+        // Issue 11 point 3: nothing under backend/vbd/5.
+        let be = BackendPath::parse("backend/vbd/5/51712", "backend", "vbd").unwrap();
+        let s = MemStore::default();
+        s.set("backend/vbd/6/51712/state", "2");
+        Reporter::new().failure(&s, &be, &anyhow!("no such file"));
+        assert!(!s.exists("backend/vbd/5"));
+        let e = Reporter::new()
+            .publish(&s, &be, &[("physical-device", "7:0")])
+            .unwrap_err();
+        assert!(e.downcast_ref::<Gone>().is_some(), "{e:#}");
+        assert!(e.to_string().contains("was removed"), "{e:#}");
+        assert!(!s.exists("backend/vbd/5"));
+        assert_eq!(*s.transactions.borrow(), 0);
+    }
+
+    #[test]
+    fn a_publication_is_one_transaction_and_a_failed_one_can_still_report() {
+        let be = BackendPath::parse("backend/vbd/1/768", "backend", "vbd").unwrap();
+        let s = MemStore::default();
+        s.set("backend/vbd/1/768/state", "2");
+        let r = Reporter::new();
+        r.publish(
+            &s,
+            &be,
+            &[
+                ("physical-device-path", "/dev/loop0"),
+                ("physical-device", "7:0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(*s.transactions.borrow(), 1);
+        assert_eq!(
+            s.get("backend/vbd/1/768/hotplug-status").as_deref(),
+            Some("connected")
+        );
+        // A publication that fails part-way writes nothing, and the failure is reported.
+        let s = MemStore::default();
+        s.set("backend/vbd/1/768/state", "2");
+        s.fail_at("backend/vbd/1/768/physical-device");
+        let r = Reporter::new();
+        assert!(
+            r.publish(
+                &s,
+                &be,
+                &[
+                    ("physical-device-path", "/dev/loop0"),
+                    ("physical-device", "7:0")
+                ]
+            )
+            .is_err()
+        );
+        assert_eq!(s.get("backend/vbd/1/768/physical-device-path"), None);
+        r.failure(&s, &be, &anyhow!("publish failed"));
+        assert_eq!(
+            s.get("backend/vbd/1/768/hotplug-status").as_deref(),
+            Some("error")
+        );
     }
 }

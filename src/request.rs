@@ -8,8 +8,11 @@ use crate::backend::Backend;
 use crate::log;
 use crate::mode::Mode;
 use crate::platform::Platform;
-use crate::report::{busy, busy_because};
-use crate::sharing::SharingCheck;
+use crate::report::{busy, busy_because, gone};
+use crate::sharing::{SharingCheck, readable};
+use crate::watchdog;
+use crate::xs::WaitError;
+use crate::xs::txn::STATE_INIT_WAIT;
 
 /// The backend nodes an add starts from.
 pub struct AddNodes {
@@ -31,8 +34,21 @@ impl AddNodes {
             ));
             return Ok(None);
         }
+        let params = match be.read("params")? {
+            Some(p) if !p.is_empty() => p,
+            Some(_) => return Err(anyhow!("backend node {} is empty", be.path.node("params"))),
+            // No params: the backend may be gone altogether (libxl tore the device down,
+            // or nothing ever was there): that is said as such, and never written into.
+            None if !be.exists()? => return Err(gone(&be.path)),
+            None => {
+                return Err(anyhow!(
+                    "backend node {} is missing",
+                    be.path.node("params")
+                ));
+            }
+        };
         Ok(Some(AddNodes {
-            params: be.require("params")?,
+            params,
             mode: be.require("mode")?,
             ty: be.read("type")?,
         }))
@@ -43,8 +59,11 @@ impl AddNodes {
 pub struct Frontend {
     pub mode: Mode,
     pub id: u32,
-    /// The frontend's `vm` (upstream `FRONTEND_UUID`), `unknown` when absent.
-    pub uuid: String,
+    /// The frontend's `vm` (upstream `FRONTEND_UUID`); `None` when missing or unreadable
+    /// (in a driver domain a guest's `vm` is readable by dom0 and the guest only: EACCES),
+    /// which is not an error: the sharing check then finds no other domain of the same VM
+    /// by it (issue 11 point 1).
+    pub uuid: Option<String>,
 }
 
 impl Frontend {
@@ -68,10 +87,7 @@ impl Frontend {
                 be.path.frontend
             ));
         }
-        let uuid = be
-            .store
-            .read(&format!("/local/domain/{id}/vm"))?
-            .unwrap_or_else(|| "unknown".to_string());
+        let uuid = readable(be.store, &format!("/local/domain/{id}/vm"))?;
         Ok(Frontend { mode, id, uuid })
     }
 
@@ -114,6 +130,41 @@ pub fn refused_write(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(nix::libc::EROFS | nix::libc::EACCES | nix::libc::EPERM | nix::libc::ETXTBSY)
     )
+}
+
+/// Before the lock, for file backends: a backend still Initialising (1) (started by a udev
+/// rule or another toolstack before libxl's InitWait) is waited for on a xenstore watch,
+/// within the run's deadline, until InitWait (2) (issue 11 point 5; Qubes patches
+/// upstream's script likewise). Closing (5) or later, or a removed directory, is the error
+/// of a removed backend, which the report does not write into (point 3).
+/// Any other state is left to `require_init_wait`'s refusal under the lock.
+pub fn wait_for_init_wait(be: &Backend) -> Result<()> {
+    if be.read("state")?.as_deref() != Some("1") {
+        return Ok(());
+    }
+    log::debug(&format!(
+        "{} is Initialising (1): waiting for InitWait",
+        be.path.path
+    ));
+    watchdog::phase("waiting for the backend to reach InitWait");
+    match be
+        .store
+        .wait_for_state(&be.path.path, STATE_INIT_WAIT, watchdog::run_deadline())
+    {
+        Ok(_) => Ok(()),
+        // Upstream's wording first: admins grep for it.
+        Err(WaitError::Gone(g)) => {
+            let state = g
+                .state
+                .map_or_else(|| "removed".to_string(), |s| s.to_string());
+            let path = g.dir.clone();
+            Err(anyhow::Error::new(g).context(format!(
+                "Path closed or removed during hotplug add: {path} state: {state}"
+            )))
+        }
+        Err(WaitError::Xenstore(e)) => Err(e),
+        Err(e @ WaitError::Deadline { .. }) => Err(anyhow::Error::new(e)),
+    }
 }
 
 /// Upstream's guard for file backends, under the lock: libxl runs `add` once the backend

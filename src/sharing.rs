@@ -9,6 +9,15 @@
 //! * local mounts come from `/proc/self/mountinfo` device numbers, not by stat-ing
 //!   `/proc/mounts` sources.
 //!
+//! and, issue 11:
+//! * "same VM" needs positive evidence (points 1): both `vm` nodes readable and equal,
+//!   or a readable `target` link; a domain whose `vm` is missing or unreadable (EACCES in
+//!   a driver domain) is another VM, and a holder whose `/local/domain/<id>` is gone is
+//!   dead, no holder;
+//! * every backend kind on this host is scanned (point 2), not only `XENBUS_TYPE`'s:
+//!   QEMU's `qdisk` and tapback's `vbd3` open their `params` path themselves, so those
+//!   holders are found by what that path names (files by `(st_dev, st_ino)`).
+//!
 //! The decision functions are pure; `SharingCheck` gathers their inputs from xenstore and
 //! the platform, reading only what the decision needs. It is the only walk over the other
 //! backends: `block` (every OS) and the storage helpers use it, and FreeBSD's path-based
@@ -23,7 +32,7 @@ use crate::invocation::BackendPath;
 use crate::mode::Mode;
 use crate::mountinfo::Mount;
 use crate::platform::{Identity, Platform};
-use crate::xs::Store;
+use crate::xs::{Store, StoreError};
 
 /// Who holds a device in a way that conflicts with the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +45,9 @@ pub enum Holder {
         ident: Identity,
         domid: String,
         backend: String,
+        /// The domains (ours, the holder's) whose VM could not be known (`vm` missing or
+        /// unreadable): the conflict may be a false one, which `w!` overrides.
+        unknown_vm: Vec<String>,
     },
 }
 
@@ -92,26 +104,49 @@ pub fn guest_conflicts(request: Mode, other: Mode, same_vm: bool) -> bool {
 }
 
 /// The VM identity of the frontend being attached (upstream `FRONTEND_UUID` and the `vm`
-/// of its stubdom `target`).
+/// of its stubdom `target`); `None` where it cannot be read.
 #[derive(Clone, Debug)]
 pub struct OurVm {
-    pub uuid: String,
+    pub uuid: Option<String>,
     pub target_vm: Option<String>,
 }
 
-/// Upstream `same_vm`: the other domain is "the same VM" when its `vm` equals ours or our
-/// target's, or its target's `vm` equals ours or our target's. A vanished other domain
-/// (no `vm`) counts as the same VM, by upstream design (its backend is being torn down).
+/// Upstream master's `same_vm` cases, each needing positive evidence (issue 11 point 1):
+/// the other domain is "the same VM" when its `vm` equals ours or our target's, or its
+/// target's `vm` equals ours or our target's, every value compared being known. An
+/// unknown value (`None`: missing, or unreadable as a guest's `vm` is in a driver domain)
+/// matches nothing: upstream takes two unknowns for the same VM, which hands one disk
+/// read-write to any number of guests (QubesOS/qubes-issues 4692, 6396).
 pub fn same_vm(ours: &OurVm, other_vm: Option<&str>, other_target_vm: Option<&str>) -> bool {
-    let othervm = other_vm.unwrap_or(&ours.uuid);
-    let targetvm = ours.target_vm.as_deref();
-    ours.uuid == othervm
-        || targetvm == Some(othervm)
-        || other_target_vm == Some(ours.uuid.as_str())
-        || (targetvm.is_some() && targetvm == other_target_vm)
+    let known_eq =
+        |a: Option<&str>, b: Option<&str>| matches!((a, b), (Some(x), Some(y)) if x == y);
+    let uuid = ours.uuid.as_deref();
+    let target = ours.target_vm.as_deref();
+    known_eq(uuid, other_vm)
+        || known_eq(target, other_vm)
+        || known_eq(other_target_vm, uuid)
+        || known_eq(target, other_target_vm)
 }
 
-/// The `busy` message, upstream's wording plus who holds the device.
+/// Who serves another backend kind, for messages: QEMU (`qdisk`), tapback (`vbd3`),
+/// blktap (`tap`, `tap2`); `None` for blkback's `vbd`.
+pub fn server_of(kind: &str) -> Option<&'static str> {
+    match kind {
+        "qdisk" => Some("QEMU"),
+        "vbd3" => Some("tapback"),
+        "tap" | "tap2" => Some("blktap"),
+        _ => None,
+    }
+}
+
+/// The kind of a backend path `.../<kind>/<fe>/<devid>`.
+fn kind_of(backend: &str) -> &str {
+    backend.rsplit('/').nth(2).unwrap_or("")
+}
+
+/// The `busy` message, upstream's wording plus who holds the device: the domain, the
+/// backend, who serves it when not blkback; and when a VM identity was unknown, that this
+/// is why, and that `w!` overrides.
 pub fn busy_message(what: &str, mode: Mode, holder: &Holder) -> String {
     let (m1, m2) = if mode.writable() {
         ("", "")
@@ -119,10 +154,29 @@ pub fn busy_message(what: &str, mode: Mode, holder: &Holder) -> String {
         ("read-write ", "read-only ")
     };
     match holder {
-        Holder::Guest { domid, backend, .. } => format!(
-            "{what} is mounted {m1}in a guest domain (domain {domid}, {backend}),\n\
-             and so cannot be mounted {m2}now."
-        ),
+        Holder::Guest {
+            domid,
+            backend,
+            unknown_vm,
+            ..
+        } => {
+            let served = server_of(kind_of(backend))
+                .map(|s| format!(", served by {s}"))
+                .unwrap_or_default();
+            let mut msg = format!(
+                "{what} is mounted {m1}in a guest domain (domain {domid}, {backend}{served}),\n\
+                 and so cannot be mounted {m2}now."
+            );
+            if !unknown_vm.is_empty() {
+                msg.push_str(&format!(
+                    "\nThe VM of domain {} is unknown (its vm node is missing or not \
+                     readable here, as in a driver domain), so it counts as another VM; \
+                     mode w! overrides this check.",
+                    unknown_vm.join(" and domain ")
+                ));
+            }
+            msg
+        }
         Holder::Local { mount_point, .. } => format!(
             "{what} is mounted {m1}in the privileged domain (at {mount_point}),\n\
              and so cannot be mounted {m2}by a guest."
@@ -149,8 +203,9 @@ pub struct SharingCheck<'a, P: Platform> {
     pub store: &'a dyn Store,
     pub me: &'a BackendPath,
     pub frontend_id: u32,
-    /// The frontend's `vm` path (upstream `FRONTEND_UUID`), `unknown` when absent.
-    pub frontend_vm: String,
+    /// The frontend's `vm` path (upstream `FRONTEND_UUID`); `None` when missing or not
+    /// readable (a driver domain), which matches no other domain's.
+    pub frontend_vm: Option<String>,
     /// The mode the frontend asked for.
     pub mode: Mode,
     /// Whether read-only users may share (upstream's `block`). DRBD's helper forbids it
@@ -233,13 +288,14 @@ impl<P: Platform> SharingCheck<'_, P> {
             self.me,
             cands,
             |dom, be, ident| {
-                if !self.conflicts_with(dom, &be, &mut ours)? {
+                let Some(unknown_vm) = self.conflicts_with(dom, &be, &mut ours)? else {
                     return Ok(None);
-                }
+                };
                 found.push(Holder::Guest {
                     ident,
                     domid: dom.to_string(),
                     backend: be,
+                    unknown_vm,
                 });
                 Ok((!all).then_some(()))
             },
@@ -248,9 +304,17 @@ impl<P: Platform> SharingCheck<'_, P> {
     }
 
     /// Whether backend `be` of domain `dom`, which uses one of our devices, conflicts with
-    /// this request, by upstream's rules (its `mode` for a read-only request, `same_vm`).
-    /// `ours` caches our own VM identity across calls, read only when first needed.
-    fn conflicts_with(&self, dom: &str, be: &str, ours: &mut Option<OurVm>) -> Result<bool> {
+    /// this request: its `mode` for a read-only request, then "same VM" on positive
+    /// evidence only (`same_vm`). A domain whose `/local/domain/<dom>` is gone is dead:
+    /// its leftover backend holds nothing. `Some(domains whose VM was unknown)` for a
+    /// conflict. `ours` caches our own VM identity across calls, read only when first
+    /// needed.
+    fn conflicts_with(
+        &self,
+        dom: &str,
+        be: &str,
+        ours: &mut Option<OurVm>,
+    ) -> Result<Option<Vec<String>>> {
         let mode = self.judged_mode();
         let other_mode = match mode {
             Mode::Read => {
@@ -259,7 +323,17 @@ impl<P: Platform> SharingCheck<'_, P> {
             _ => Mode::Write,
         };
         if other_mode != Mode::Write && mode == Mode::Read {
-            return Ok(false);
+            return Ok(None);
+        }
+        // Another disk of our own guest: the same domain is the same VM.
+        if dom == self.frontend_id.to_string() {
+            return Ok(None);
+        }
+        if !domain_exists(self.store, dom)? {
+            crate::log::debug(&format!(
+                "{be}: domain {dom} no longer exists: its leftover backend holds nothing"
+            ));
+            return Ok(None);
         }
         let ours = match ours {
             Some(o) => o,
@@ -268,10 +342,44 @@ impl<P: Platform> SharingCheck<'_, P> {
                 target_vm: target_vm(self.store, &self.frontend_id.to_string())?,
             }),
         };
-        let other_vm = self.store.read(&format!("/local/domain/{dom}/vm"))?;
+        let other_vm = readable(self.store, &format!("/local/domain/{dom}/vm"))?;
         let other_target_vm = target_vm(self.store, dom)?;
         let same = same_vm(ours, other_vm.as_deref(), other_target_vm.as_deref());
-        Ok(guest_conflicts(mode, other_mode, same))
+        if !guest_conflicts(mode, other_mode, same) {
+            return Ok(None);
+        }
+        let mut unknown = Vec::new();
+        if ours.uuid.is_none() {
+            unknown.push(self.frontend_id.to_string());
+        }
+        if other_vm.is_none() {
+            unknown.push(dom.to_string());
+        }
+        Ok(Some(unknown))
+    }
+}
+
+/// Whether `/local/domain/<dom>` exists. Refused (EACCES: a driver domain may not read
+/// another guest's directory) means it exists: a removed node answers ENOENT.
+fn domain_exists(store: &dyn Store, dom: &str) -> Result<bool> {
+    match store.list(&format!("/local/domain/{dom}")) {
+        Ok(l) => Ok(l.is_some()),
+        Err(StoreError::Denied { .. }) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A node read where refusal is an answer: `None` when missing or not readable here
+/// (`StoreError::Denied`: EACCES, as a guest's `vm` in a driver domain), an error for
+/// anything else.
+pub fn readable(store: &dyn Store, path: &str) -> Result<Option<String>> {
+    match store.read(path) {
+        Ok(v) => Ok(v),
+        Err(StoreError::Denied { .. }) => {
+            crate::log::debug(&format!("{path} is not readable here: taken as unknown"));
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -298,26 +406,39 @@ pub fn other_users<P: Platform>(
     Ok(users)
 }
 
-/// The `vm` of the domain a (stub)domain serves, if it has a `target`.
+/// The `vm` of the domain a (stub)domain serves, if it has a `target`; `None` also when
+/// either node is not readable here.
 fn target_vm(store: &dyn Store, domid: &str) -> Result<Option<String>> {
-    match store.read(&format!("/local/domain/{domid}/target"))? {
-        Some(t) if !t.is_empty() => Ok(store.read(&format!("/local/domain/{t}/vm"))?),
+    match readable(store, &format!("/local/domain/{domid}/target"))? {
+        Some(t) if !t.is_empty() => readable(store, &format!("/local/domain/{t}/vm")),
         _ => Ok(None),
     }
 }
 
-/// Upstream's walk over every other backend of `me`'s type, in listing order, calling
-/// `visit(domid, backend, identity)` for each that uses one of `cands` and stopping at the
-/// first `Some`. The nodes it needs are fetched first, in three rounds of requests that the
-/// store may pipeline (the domain directories; every `physical-device-path`; the legacy
-/// `physical-device` where the path names nothing usable), so the cost is the daemon's
-/// per request, not a round trip each. The walk then meets each result where the
-/// one-at-a-time walk would have read it: an error after the stop is never seen, an error
-/// before it is returned.
-#[allow(
-    clippy::indexing_slicing,
-    reason = "listings, doms and dom_dirs are parallel vectors; i enumerates listings, never longer than doms"
-)]
+/// Backend kinds under `backend/` that never name a disk (libxl's device kinds,
+/// xen-pciback, QEMU's pvusb, ...): not scanned for holders, not listed by `status`.
+/// Everything else is a disk kind: `vbd`, `vbd3` (tapback), `qdisk`, and any added later.
+pub const NOT_DISKS: &[&str] = &[
+    "vif", "vif2", "console", "vkbd", "vkb", "vfb", "vusb", "qusb", "pci", "vtpm", "vsnd",
+    "vdispl", "vinput", "9pfs", "pvcalls", "vscsi",
+];
+
+/// How a backend kind's disk is found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// blkback's (`vbd`, and `XENBUS_TYPE`'s own): `physical-device-path`, else the legacy
+    /// `physical-device`.
+    Blkback,
+    /// A backend that opens `params` itself (QEMU's `qdisk`, tapback's `vbd3`, any other
+    /// kind): what its path names.
+    Params,
+}
+
+/// Every other backend on this host that uses one of `cands`, in walk order, calling
+/// `visit(domid, backend, identity)` for each and stopping at the first `Some`: first
+/// upstream's walk over `me`'s own type (`walk_kind`), then every other backend kind under
+/// the same base (issue 11 point 2), in listing order, except those that never name a
+/// disk. An empty kind costs one listing.
 fn walk<P: Platform, T>(
     platform: &P,
     store: &dyn Store,
@@ -325,7 +446,62 @@ fn walk<P: Platform, T>(
     cands: &[Identity],
     mut visit: impl FnMut(&str, String, Identity) -> Result<Option<T>>,
 ) -> Result<Option<T>> {
-    let root = &me.type_dir;
+    let skip = (me.frontend.to_string(), me.devid.to_string());
+    if let Some(found) = walk_kind(
+        platform,
+        store,
+        &me.type_dir,
+        Reader::Blkback,
+        Some(&skip),
+        cands,
+        &mut visit,
+    )? {
+        return Ok(Some(found));
+    }
+    let Some((base, own)) = me.type_dir.rsplit_once('/') else {
+        return Ok(None);
+    };
+    let Some(kinds) = store.list(base)? else {
+        return Ok(None);
+    };
+    for kind in kinds {
+        if kind == own || NOT_DISKS.contains(&kind.as_str()) {
+            continue;
+        }
+        let reader = if kind == "vbd" {
+            Reader::Blkback
+        } else {
+            Reader::Params
+        };
+        let dir = format!("{base}/{kind}");
+        if let Some(found) = walk_kind(platform, store, &dir, reader, None, cands, &mut visit)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// Upstream's walk over every backend of one kind (`root`: `<base>/<kind>`), in listing
+/// order, `skip` (frontend, devid) excepted, calling `visit` for each that uses one of
+/// `cands` and stopping at the first `Some`. The nodes it needs are fetched first, in
+/// rounds of requests that the store may pipeline (the domain directories; every
+/// `physical-device-path` or `params`; the legacy `physical-device` where the path names
+/// nothing usable), so the cost is the daemon's per request, not a round trip each. The
+/// walk then meets each result where the one-at-a-time walk would have read it: an error
+/// after the stop is never seen, an error before it is returned.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "listings, doms and dom_dirs are parallel vectors; i enumerates listings, never longer than doms"
+)]
+fn walk_kind<P: Platform, T>(
+    platform: &P,
+    store: &dyn Store,
+    root: &str,
+    reader: Reader,
+    skip: Option<&(String, String)>,
+    cands: &[Identity],
+    visit: &mut impl FnMut(&str, String, Identity) -> Result<Option<T>>,
+) -> Result<Option<T>> {
     let Some(doms) = store.list(root)? else {
         return Ok(None);
     };
@@ -335,22 +511,24 @@ fn walk<P: Platform, T>(
     if let Some(bad) = listings.iter().position(|l| l.is_err()) {
         listings.truncate(bad + 1);
     }
-    let me_dom = me.frontend.to_string();
-    let me_dev = me.devid.to_string();
     // Every other backend, in walk order: (index into doms, its path).
     let mut others: Vec<(usize, String)> = Vec::new();
     for (i, l) in listings.iter().enumerate() {
         if let Ok(Some(devs)) = l {
             for dev in devs {
-                if doms[i] == me_dom && *dev == me_dev {
+                if skip.is_some_and(|(d, v)| doms[i] == *d && dev == v) {
                     continue;
                 }
                 others.push((i, format!("{}/{dev}", dom_dirs[i])));
             }
         }
     }
-    let mut devices =
-        devices_of(platform, store, others.iter().map(|(_, be)| be.as_str())).into_iter();
+    let bes = others.iter().map(|(_, be)| be.as_str());
+    let mut devices = match reader {
+        Reader::Blkback => devices_of(platform, store, bes),
+        Reader::Params => params_of(platform, store, bes),
+    }
+    .into_iter();
     let mut others = others.into_iter().peekable();
 
     for (i, listing) in listings.into_iter().enumerate() {
@@ -389,6 +567,50 @@ pub fn device_of<P: Platform>(
                 .and_then(|v| platform.parse_physical_device(v))
                 .map(Identity::Dev)
         })
+}
+
+/// The path in another backend's `params` as QEMU and tapback read it:
+/// `[<format>:]<path>` (libxl's qdisk `aio:`, `raw:`, `qcow2:`...; tapback's `aio:`,
+/// `vhd:`; at most two prefixes, as blktap2's `tapdisk:aio:`). Absolute paths only.
+pub fn params_path(params: &str) -> Option<&str> {
+    let mut p = params.trim();
+    for _ in 0..2 {
+        if p.starts_with('/') {
+            return Some(p);
+        }
+        let (prefix, rest) = p.split_once(':')?;
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return None;
+        }
+        p = rest;
+    }
+    p.starts_with('/').then_some(p)
+}
+
+/// Each backend's disk by its `params` (`Reader::Params`), in order: what the path names
+/// now (`Platform::stat_params_path`), `None` for anything else.
+fn params_of<'b, P: Platform>(
+    platform: &P,
+    store: &dyn Store,
+    bes: impl Iterator<Item = &'b str>,
+) -> Vec<Result<Option<Identity>>> {
+    let paths: Vec<String> = bes.map(|be| format!("{be}/params")).collect();
+    store
+        .read_many(&paths)
+        .into_iter()
+        .map(|r| {
+            r.map(|v| {
+                v.as_deref()
+                    .and_then(params_path)
+                    .and_then(|p| platform.stat_params_path(p))
+            })
+            .map_err(Into::into)
+        })
+        .collect()
 }
 
 /// Each other backend's disk, in order: what its `physical-device-path` names now when it
@@ -477,7 +699,7 @@ mod tests {
 
     fn vm(uuid: &str, target: Option<&str>) -> OurVm {
         OurVm {
-            uuid: uuid.into(),
+            uuid: Some(uuid.into()),
             target_vm: target.map(Into::into),
         }
     }
@@ -488,8 +710,22 @@ mod tests {
         assert!(!same_vm(&vm("/vm/a", None), Some("/vm/b"), None));
         // Same VM.
         assert!(same_vm(&vm("/vm/a", None), Some("/vm/a"), None));
-        // Other domain vanished: counts as same, by design.
-        assert!(same_vm(&vm("/vm/a", None), None, None));
+        // The other's vm unknown (missing, or unreadable in a driver domain): another VM.
+        assert!(!same_vm(&vm("/vm/a", None), None, None));
+        // Both unknown: no evidence, another VM (upstream: the same).
+        let unknown = OurVm {
+            uuid: None,
+            target_vm: None,
+        };
+        assert!(!same_vm(&unknown, None, None));
+        assert!(!same_vm(&unknown, Some("/vm/a"), None));
+        // A readable target link is evidence even when our own vm is unknown.
+        let stub = OurVm {
+            uuid: None,
+            target_vm: Some("/vm/a".into()),
+        };
+        assert!(same_vm(&stub, Some("/vm/a"), None));
+        assert!(same_vm(&stub, None, Some("/vm/a")));
         // We are the stubdom of the other guest.
         assert!(same_vm(&vm("/vm/stub", Some("/vm/a")), Some("/vm/a"), None));
         // The other is the stubdom of our guest.
@@ -530,7 +766,7 @@ mod tests {
             store: f,
             me: &me,
             frontend_id: 9,
-            frontend_vm: "/vm/9".into(),
+            frontend_vm: Some("/vm/9".into()),
             mode,
             read_only_sharing: true,
         }
@@ -546,7 +782,8 @@ mod tests {
             Holder::Guest {
                 ident: Identity::Dev(DEV),
                 domid: "2".into(),
-                backend: "backend/vbd/2/768".into()
+                backend: "backend/vbd/2/768".into(),
+                unknown_vm: vec![],
             }
         );
         {
@@ -588,7 +825,7 @@ mod tests {
             store: &f,
             me: &me,
             frontend_id: 9,
-            frontend_vm: "/vm/9".into(),
+            frontend_vm: Some("/vm/9".into()),
             mode: Mode::Read,
             read_only_sharing: false,
         };
@@ -614,7 +851,7 @@ mod tests {
             store: &f,
             me: &me,
             frontend_id: 9,
-            frontend_vm: "/vm/9".into(),
+            frontend_vm: Some("/vm/9".into()),
             mode: Mode::Write,
             read_only_sharing: true,
         };
@@ -752,7 +989,7 @@ mod tests {
             store: s,
             me: &me,
             frontend_id: 5,
-            frontend_vm: "/vm/five".into(),
+            frontend_vm: Some("/vm/five".into()),
             mode,
             read_only_sharing: true,
         }
@@ -773,7 +1010,7 @@ mod tests {
         other(&s, 6, "/vm/link.img", "r");
         let h = fb_check(&s, Mode::Write, IMG).unwrap();
         assert!(
-            matches!(&h, Holder::Guest { domid, backend, ident }
+            matches!(&h, Holder::Guest { domid, backend, ident, .. }
                 if domid == "6" && backend == &format!("{ROOT}/6/832") && *ident == IMG),
             "{h:?}"
         );
@@ -814,13 +1051,22 @@ mod tests {
 
     #[test]
     fn freebsd_same_vm_and_stubdoms_may_share() {
-        // Another disk of our own guest; our guest's stubdom; a vanished domain (no vm),
-        // which counts as the same VM, as upstream.
+        // Another disk of our own guest; our guest's stubdom; a dead domain (no
+        // /local/domain/9 at all), whose leftover backend holds nothing.
         for dom in [5, 7, 9] {
             let s = fb_store();
             other(&s, dom, "/vm/a.img", "w");
             assert_eq!(fb_check(&s, Mode::Write, IMG), None, "domain {dom}");
         }
+        // A domain that exists without a vm is unknown: another VM.
+        let s = fb_store();
+        s.set("/local/domain/9/name", "nine");
+        other(&s, 9, "/vm/a.img", "w");
+        let h = fb_check(&s, Mode::Write, IMG).unwrap();
+        assert!(
+            matches!(&h, Holder::Guest { domid, unknown_vm, .. } if domid == "9" && unknown_vm == &["9"]),
+            "{h:?}"
+        );
     }
 
     #[test]
@@ -846,11 +1092,37 @@ mod tests {
     }
 
     #[test]
+    fn params_paths_as_qemu_and_tapback_read_them() {
+        for (params, want) in [
+            ("/vm/a.img", Some("/vm/a.img")),
+            ("aio:/vm/a.img", Some("/vm/a.img")),
+            ("vhd:/vm/a.vhd", Some("/vm/a.vhd")),
+            ("qcow2:/vm/a.qcow2", Some("/vm/a.qcow2")),
+            ("tapdisk:aio:/vm/a.img", Some("/vm/a.img")),
+            ("raw:/dev/sdb", Some("/dev/sdb")),
+            ("a.img", None),
+            ("aio:a.img", None),
+            ("aio:", None),
+            (":/vm/a.img", None),
+            ("x y:/vm/a.img", None),
+            ("a:b:c:/vm/a.img", None),
+            ("nbd:host:10809", None),
+        ] {
+            assert_eq!(params_path(params), want, "{params}");
+        }
+        assert_eq!(server_of("qdisk"), Some("QEMU"));
+        assert_eq!(server_of("vbd3"), Some("tapback"));
+        assert_eq!(server_of("vbd"), None);
+        assert_eq!(kind_of("/local/domain/0/backend/qdisk/5/51712"), "qdisk");
+    }
+
+    #[test]
     fn messages_name_the_holder() {
         let g = Holder::Guest {
             ident: Identity::Dev(DevNum::new(7, 0)),
             domid: "5".into(),
             backend: "backend/vbd/5/51712".into(),
+            unknown_vm: vec![],
         };
         let msg = busy_message("Device /dev/loop0", Mode::Write, &g);
         assert_eq!(
@@ -893,7 +1165,7 @@ mod listing_tests {
             store: &s,
             me: &me,
             frontend_id: 1,
-            frontend_vm: "/vm/a".into(),
+            frontend_vm: Some("/vm/a".into()),
             mode: Mode::Write,
             read_only_sharing: true,
         };

@@ -10,8 +10,8 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 
@@ -23,6 +23,13 @@ use crate::xs::XenStore;
 
 /// Default deadline in seconds; `XEN_BLOCK_HOTPLUG_TIMEOUT` overrides it (1 to 3600).
 pub const DEFAULT_SECS: u64 = 30;
+
+/// When the watchdog was started: the run's deadline counts from here.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// What a wait inside the run leaves before the watchdog's deadline, so that the wait's
+/// own error (which says what was waited for) is the one reported.
+const WAIT_MARGIN: Duration = Duration::from_secs(1);
 
 static PHASE: Mutex<Cow<'static, str>> = Mutex::new(Cow::Borrowed("starting"));
 
@@ -65,8 +72,18 @@ pub fn deadline() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// Until when a wait inside this run may last (a xenstore watch for a backend's state):
+/// the watchdog's deadline less a second. Without a watchdog (unit tests), counted from
+/// now.
+pub fn run_deadline() -> Instant {
+    let started = *STARTED.get_or_init(Instant::now);
+    let limit = deadline().saturating_sub(WAIT_MARGIN);
+    started + limit
+}
+
 /// Starts the watchdog for a run on `backend`, reporting through `reporter`.
 pub fn start(backend: BackendPath, reporter: Arc<Reporter>) {
+    let _ = STARTED.set(Instant::now());
     let limit = deadline();
     let spawned = std::thread::Builder::new()
         .name("watchdog".into())

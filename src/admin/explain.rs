@@ -264,10 +264,10 @@ pub fn explain(
     let fe = frontend.unwrap_or(probe::DOMID_INVALID);
     let uuid = match frontend {
         Some(d) => probe::frontend_uuid(store, d)?,
-        None => "unknown".to_string(),
+        None => None,
     };
     let me = probe::no_backend("vbd", fe);
-    let found = probe::holders(store, &me, fe, &uuid, mode, &cands)?;
+    let found = probe::holders(store, &me, fe, uuid.as_deref(), mode, &cands)?;
     let mounts = if found.iter().any(|h| matches!(h, Holder::Local { .. })) {
         probe::local_mounts()?
     } else {

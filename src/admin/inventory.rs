@@ -15,13 +15,8 @@ use super::probe::{self, DeviceInfo, RecordFile};
 use crate::devnum::DevNum;
 use crate::xs::Store;
 
-/// Backend kinds under `backend/` that are not disks (libxl's device kinds, xen-pciback,
-/// qemu's pvusb, ...): everything else is listed, `vbd`, `vbd3` (tapdisk3), `qdisk`, `tap`
-/// and any disk kind added later.
-pub const NOT_DISKS: &[&str] = &[
-    "vif", "vif2", "console", "vfb", "vkbd", "pci", "vusb", "qusb", "9pfs", "vsnd", "vdispl",
-    "pvcalls", "vtpm", "vscsi", "vinput", "vkb",
-];
+/// Backend kinds that are not disks: the sharing walk's list, so both see the same kinds.
+pub use crate::sharing::NOT_DISKS;
 
 /// The nodes read from every backend, in this order.
 const NODES: [&str; 8] = [

@@ -241,6 +241,21 @@ mod tests {
         fn rm(&self, path: &str) -> crate::xs::Result<()> {
             self.0.rm(path)
         }
+        fn write_into_existing(
+            &self,
+            dir: &str,
+            nodes: &[(&str, &str)],
+        ) -> anyhow::Result<crate::xs::Report> {
+            self.0.write_into_existing(dir, nodes)
+        }
+        fn wait_for_state(
+            &self,
+            dir: &str,
+            wanted: u32,
+            deadline: std::time::Instant,
+        ) -> std::result::Result<u32, crate::xs::WaitError> {
+            self.0.wait_for_state(dir, wanted, deadline)
+        }
     }
 
     #[test]

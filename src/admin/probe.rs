@@ -116,7 +116,7 @@ pub fn holders(
     store: &dyn Store,
     me: &BackendPath,
     frontend: u32,
-    frontend_uuid: &str,
+    frontend_uuid: Option<&str>,
     mode: Mode,
     cands: &[DevNum],
 ) -> Result<Vec<Holder>> {
@@ -126,7 +126,7 @@ pub fn holders(
         store,
         me,
         frontend_id: frontend,
-        frontend_vm: frontend_uuid.to_string(),
+        frontend_vm: frontend_uuid.map(str::to_string),
         mode,
         read_only_sharing: true,
     }
@@ -134,11 +134,9 @@ pub fn holders(
 }
 
 /// A frontend's VM identity as `block add` reads it (`request::Frontend::read`): its `vm`,
-/// `unknown` when absent.
-pub fn frontend_uuid(store: &dyn Store, domid: u32) -> Result<String> {
-    Ok(store
-        .read(&format!("/local/domain/{domid}/vm"))?
-        .unwrap_or_else(|| "unknown".to_string()))
+/// `None` when missing or not readable here (EACCES in a driver domain: `sharing::readable`).
+pub fn frontend_uuid(store: &dyn Store, domid: u32) -> Result<Option<String>> {
+    crate::sharing::readable(store, &format!("/local/domain/{domid}/vm"))
 }
 
 /// The devices `block add` checks for a block device: itself, its whole disk or

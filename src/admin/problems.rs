@@ -408,13 +408,14 @@ pub fn shared_writable(store: &dyn Store, inv: &Inventory) -> Result<Vec<Problem
                 None => r.dev.map(probe::related_devices).unwrap_or_default(),
             };
             let uuid = probe::frontend_uuid(store, domid)?;
-            let guests: Vec<String> = probe::holders(store, &me, domid, &uuid, mode, &cands)?
-                .into_iter()
-                .filter_map(|h| match h {
-                    Holder::Guest { backend, .. } => Some(backend),
-                    Holder::Local { .. } => None,
-                })
-                .collect();
+            let guests: Vec<String> =
+                probe::holders(store, &me, domid, uuid.as_deref(), mode, &cands)?
+                    .into_iter()
+                    .filter_map(|h| match h {
+                        Holder::Guest { backend, .. } => Some(backend),
+                        Holder::Local { .. } => None,
+                    })
+                    .collect();
             if !guests.is_empty() {
                 for b in std::iter::once(r.path.clone()).chain(guests) {
                     if !involved.contains(&b) {

@@ -26,9 +26,10 @@ use crate::log;
 use crate::mode::Mode;
 use crate::platform::{Device, FileTarget, Identity, LegacyNodes, Platform, Target};
 use crate::record::Record;
-use crate::report::busy;
+use crate::report::{busy, gone};
 use crate::request::{
     AddNodes, Frontend, read_only_file, read_only_file_because, refused_write, require_init_wait,
+    wait_for_init_wait,
 };
 use crate::script::Script;
 use crate::sharing::{self, SharingCheck};
@@ -126,6 +127,8 @@ fn add_file<P: Platform>(
     check: &SharingCheck<P>,
     file: FileTarget,
 ) -> Result<()> {
+    // Outside the lock: a backend still Initialising is waited for (issue 11 point 5).
+    wait_for_init_wait(be)?;
     let lock = claim_lock(p)?;
     let key = be.path.record_key();
     // A record for this backend path without a published device is an attach that never
@@ -154,9 +157,11 @@ fn add_file<P: Platform>(
         bail!("{path} was replaced while being attached");
     }
     if check.mode != Mode::Force {
-        // Any use of a device already made from the file is a use of the file.
+        // Any use of a device already made from the file is a use of the file; so is the
+        // file opened by QEMU or tapback (issue 11 point 2).
         let made = p.attached_by(&file)?;
-        let mut cands: Vec<Identity> = Vec::new();
+        let own = p.file_identity(&file);
+        let mut cands: Vec<Identity> = own.into_iter().collect();
         for a in &made {
             for r in p.related_to_attachment(a.dev) {
                 if !cands.contains(&Identity::Dev(r)) {
@@ -165,6 +170,10 @@ fn add_file<P: Platform>(
             }
         }
         if let Some(h) = check.check(&cands)? {
+            if Some(h.ident()) == own {
+                let what = format!("File {path}");
+                return Err(busy(sharing::busy_message(&what, check.mode, &h)));
+            }
             let via = made
                 .iter()
                 .find(|a| a.dev == h.dev())
@@ -234,6 +243,8 @@ fn remove<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
     // No record: a phy backend, one attached by the shell script, or nothing we know.
     let target = match be.read("params")? {
         Some(params) => Some(p.classify(&params)?),
+        // Nothing to undo, and nowhere to report to (issue 11 point 3).
+        None if !be.exists()? => return Err(gone(&be.path)),
         None => None,
     };
     let file = match &target {
@@ -726,6 +737,228 @@ mod tests {
             "{msg}"
         );
         assert!(w.p.made.borrow().is_empty());
+    }
+
+    // Issue 11 point 1: driver domains and same VM on positive evidence.
+
+    /// Guest 6 holds /dev/sdb read-write; guest 5 (us) asks for it read-write.
+    fn driver_domain<R: Rules>(tag: &str) -> World<R> {
+        let w = World::<R>::new(tag, "/dev/sdb", "w");
+        w.guest_uses_dev(6, "/dev/sdb", DISK, "w");
+        w
+    }
+
+    #[test]
+    fn unknown_vms_are_other_vms_and_a_dead_domain_holds_nothing() {
+        // Both vm nodes unreadable (EACCES, as in a driver domain): busy, saying why.
+        let w = driver_domain::<LinuxRules>("eacces");
+        w.s.answer_at("/local/domain/5/vm", "EACCES");
+        w.s.answer_at("/local/domain/6/vm", "EACCES");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "busy", "{msg}");
+        assert!(msg.contains("(domain 6, "), "{msg}");
+        assert!(
+            msg.contains("The VM of domain 5 and domain 6 is unknown") && msg.contains("w!"),
+            "{msg}"
+        );
+        assert_eq!(w.node("physical-device"), None);
+        // Both domains exist without vm: the same.
+        let w = driver_domain::<LinuxRules>("novm");
+        w.s.unset("/local/domain/5/vm");
+        w.s.unset("/local/domain/6/vm");
+        w.s.set("/local/domain/5/name", "five");
+        w.s.set("/local/domain/6/name", "six");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "busy", "{msg}");
+        // Only the holder's unknown: named alone.
+        let w = driver_domain::<LinuxRules>("other-unknown");
+        w.s.answer_at("/local/domain/6/vm", "EACCES");
+        let (_, msg) = w.run(Action::Add).unwrap_err();
+        assert!(msg.contains("The VM of domain 6 is unknown"), "{msg}");
+        // The holder's domain is gone entirely: dead, its leftover backend holds nothing.
+        let w = driver_domain::<LinuxRules>("dead");
+        w.s.answer_at("/local/domain/5/vm", "EACCES");
+        w.s.rm("/local/domain/6").unwrap();
+        w.run(Action::Add).unwrap();
+        assert_eq!(w.node("hotplug-status").as_deref(), Some("connected"));
+        // w! overrides, unknown or not.
+        let w = World::<LinuxRules>::new("force", "/dev/sdb", "w!");
+        w.guest_uses_dev(6, "/dev/sdb", DISK, "w");
+        w.s.answer_at("/local/domain/6/vm", "EACCES");
+        w.run(Action::Add).unwrap();
+        // Our own unreadable vm alone is no error, and read-only sharing is unchanged.
+        let w = World::<LinuxRules>::new("alone", "/dev/sdb", "w");
+        w.s.answer_at("/local/domain/5/vm", "EACCES");
+        w.run(Action::Add).unwrap();
+        let w = World::<LinuxRules>::new("ro", "/dev/sdb", "r");
+        w.guest_uses_dev(6, "/dev/sdb", DISK, "r");
+        w.s.answer_at("/local/domain/5/vm", "EACCES");
+        w.s.answer_at("/local/domain/6/vm", "EACCES");
+        w.run(Action::Add).unwrap();
+        // Another disk of our own guest is ours, whatever its vm says.
+        let w = World::<LinuxRules>::new("own", "/dev/sdb", "w");
+        w.s.answer_at("/local/domain/5/vm", "EACCES");
+        w.s.set(&format!("{ROOT}/5/832/physical-device"), "8:10");
+        w.s.set(&format!("{ROOT}/5/832/mode"), "w");
+        w.run(Action::Add).unwrap();
+        // Another error than EACCES on a vm is an error, not an unknown.
+        let w = driver_domain::<LinuxRules>("broken");
+        w.s.fail_at("/local/domain/6/vm");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "error", "{msg}");
+    }
+
+    // Issue 11 point 2: holders of other backend kinds.
+
+    #[test]
+    fn qemu_and_tapback_holders_are_found_by_their_params() {
+        let kinds = [
+            ("qdisk", "aio:/vm/link.img", "QEMU"),
+            ("qdisk", "qcow2:/vm/a.img", "QEMU"),
+            ("vbd3", "vhd:/vm/link.img", "tapback"),
+            ("vbd3", "aio:/vm/a.img", "tapback"),
+        ];
+        for (kind, params, server) in kinds {
+            let w = World::<LinuxRules>::new("qemu", IMG, "w");
+            let be = format!("/local/domain/0/backend/{kind}/6/51712");
+            w.s.set(&format!("{be}/params"), params);
+            w.s.set(&format!("{be}/mode"), "w");
+            w.s.set(&format!("{be}/state"), "4");
+            let (status, msg) = w.run(Action::Add).unwrap_err();
+            assert_eq!(status, "busy", "{kind} {params}: {msg}");
+            assert_eq!(
+                msg,
+                format!(
+                    "File {IMG} is mounted in a guest domain (domain 6, {be}, served by \
+                     {server}),\nand so cannot be mounted now."
+                ),
+                "{kind} {params}"
+            );
+            assert!(w.p.made.borrow().is_empty());
+            // Read-only next to a read-only QEMU user is fine.
+            let w = World::<LinuxRules>::new("qemu-ro", IMG, "r");
+            w.s.set(&format!("{be}/params"), params);
+            w.s.set(&format!("{be}/mode"), "r");
+            w.run(Action::Add).unwrap();
+        }
+        // A device served by QEMU (phy through qdisk) is found by number.
+        let w = World::<LinuxRules>::new("qemu-phy", "/dev/sdb", "w");
+        let be = "/local/domain/0/backend/qdisk/6/51712";
+        w.s.set(&format!("{be}/params"), "raw:/dev/sdb");
+        w.s.set(&format!("{be}/mode"), "w");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "busy", "{msg}");
+        assert!(msg.contains("served by QEMU"), "{msg}");
+        // Other files, other kinds that name no disk, unparsable params: no holder.
+        let w = World::<LinuxRules>::new("qemu-other", IMG, "w");
+        for (kind, params) in [
+            ("qdisk", "aio:/vm/ro.img"),
+            ("vif", "/vm/a.img"),
+            ("qdisk", "a.img"),
+            ("qdisk", "aio:"),
+            ("qdisk", "x y:/vm/a.img"),
+        ] {
+            let be = format!("/local/domain/0/backend/{kind}/6/51712");
+            w.s.set(&format!("{be}/params"), params);
+            w.s.set(&format!("{be}/mode"), "w");
+        }
+        w.run(Action::Add).unwrap();
+        // The same VM may share, and a dead domain holds nothing, as for vbd.
+        let w = World::<LinuxRules>::new("qemu-same", IMG, "w");
+        let be = "/local/domain/0/backend/qdisk/6/51712";
+        w.s.set(&format!("{be}/params"), "aio:/vm/a.img");
+        w.s.set(&format!("{be}/mode"), "w");
+        w.s.set("/local/domain/6/vm", "/vm/five");
+        w.run(Action::Add).unwrap();
+        let w = World::<LinuxRules>::new("qemu-dead", IMG, "w");
+        w.s.set(&format!("{be}/params"), "aio:/vm/a.img");
+        w.s.set(&format!("{be}/mode"), "w");
+        w.s.rm("/local/domain/6").unwrap();
+        w.run(Action::Add).unwrap();
+    }
+
+    #[test]
+    fn other_kinds_cost_one_listing_each_when_empty() {
+        let w = World::<LinuxRules>::new("listings", "/dev/sdb", "w");
+        w.s.set("/local/domain/0/backend/vif/6/0/mac", "00:16:3e:00:00:01");
+        w.s.set(
+            "/local/domain/0/backend/qdisk/6/51712/params",
+            "aio:/vm/ro.img",
+        );
+        w.run(Action::Add).unwrap();
+        let reads = w.s.reads();
+        assert!(
+            reads.iter().any(|r| r == "/local/domain/0/backend"),
+            "{reads:?}"
+        );
+        assert!(
+            !reads
+                .iter()
+                .any(|r| r.starts_with("/local/domain/0/backend/vif")),
+            "a kind that names no disk is not read: {reads:?}"
+        );
+        assert!(
+            reads
+                .iter()
+                .any(|r| r == "/local/domain/0/backend/qdisk/6/51712/params"),
+            "{reads:?}"
+        );
+    }
+
+    // Issue 11 points 3 and 5: removed backends, backends still Initialising.
+
+    #[test]
+    fn a_removed_backend_is_an_error_and_is_not_recreated() {
+        for action in [Action::Add, Action::Remove] {
+            let w = World::<LinuxRules>::new("gone", IMG, "w");
+            w.s.rm(BE).unwrap();
+            let (status, msg) = w.run(action).unwrap_err();
+            assert_eq!(status, "error", "{msg}");
+            assert!(msg.contains("was removed"), "{msg}");
+            assert!(!w.s.exists(BE), "{BE} recreated");
+            assert!(w.p.calls().is_empty(), "{:?}", w.p.calls());
+        }
+    }
+
+    #[test]
+    fn an_initialising_backend_is_waited_for() {
+        // State 1, then 2 (after other writes): connected.
+        let w = World::<LinuxRules>::new("init", IMG, "w");
+        w.s.set(&format!("{BE}/state"), "1");
+        w.s.later(&format!("{BE}/hotplug-status-noise"), Some("x"));
+        w.s.later(&format!("{BE}/state"), Some("2"));
+        w.run(Action::Add).unwrap();
+        assert_eq!(w.node("hotplug-status").as_deref(), Some("connected"));
+        assert_eq!(
+            w.node("physical-device-path").as_deref(),
+            Some("/dev/made0")
+        );
+        // State 1, then Closing, or removed: the removed backend's error, nothing made,
+        // nothing written (the removed one not recreated).
+        for (change, value) in [("state", Some("5")), ("", None)] {
+            let w = World::<LinuxRules>::new("init-gone", IMG, "w");
+            w.s.set(&format!("{BE}/state"), "1");
+            let path = if change.is_empty() {
+                BE.to_string()
+            } else {
+                format!("{BE}/{change}")
+            };
+            w.s.later(&path, value);
+            let (status, msg) = w.run(Action::Add).unwrap_err();
+            assert_eq!(status, "error", "{msg}");
+            assert!(
+                msg.starts_with("Path closed or removed during hotplug add"),
+                "{msg}"
+            );
+            assert!(w.p.made.borrow().is_empty());
+            assert_eq!(w.node("physical-device"), None);
+            assert_eq!(w.s.exists(BE), value.is_some(), "{msg}");
+        }
+        // Stuck at 1 until the deadline: an error that says so.
+        let w = World::<LinuxRules>::new("init-stuck", IMG, "w");
+        w.s.set(&format!("{BE}/state"), "1");
+        let (_, msg) = w.run(Action::Add).unwrap_err();
+        assert!(msg.contains("timed out waiting for backend"), "{msg}");
     }
 
     #[test]

@@ -369,6 +369,24 @@ impl<R: Rules> Platform for Fake<R> {
         }
     }
 
+    fn stat_params_path(&self, path: &str) -> Option<Identity> {
+        match self.paths.borrow().get(path).copied()? {
+            Named::Dev(d) => Some(Identity::Dev(d)),
+            Named::File { dev, ino, .. } => Some(Identity::File {
+                fs: DevNum::new(0, dev),
+                ino,
+            }),
+            _ => None,
+        }
+    }
+
+    fn file_identity(&self, file: &FileTarget) -> Option<Identity> {
+        Some(Identity::File {
+            fs: DevNum::new(0, file.dev),
+            ino: file.ino,
+        })
+    }
+
     fn local_mounts(&self) -> Result<Vec<Mount>> {
         Ok(self.mounts.borrow().clone())
     }

@@ -215,6 +215,20 @@ pub trait Platform {
     /// backend could not use (and for relative paths).
     fn stat_identity(&self, path: &str) -> Option<Identity>;
 
+    /// What another backend's `params` path names, for holders that open it themselves
+    /// (QEMU's `qdisk`, tapback's `vbd3`; issue 11 point 2): a device by number, a regular
+    /// file by `(st_dev, st_ino)`; `None` for anything else and relative paths. Default:
+    /// `stat_identity` (FreeBSD's already names files).
+    fn stat_params_path(&self, path: &str) -> Option<Identity> {
+        self.stat_identity(path)
+    }
+
+    /// A file target as `stat_params_path` names it, so a QEMU or tapback holder of the
+    /// same file is found; `None` where that names no files.
+    fn file_identity(&self, _file: &FileTarget) -> Option<Identity> {
+        None
+    }
+
     /// The dom0 mounts, with device numbers.
     fn local_mounts(&self) -> Result<Vec<Mount>>;
 

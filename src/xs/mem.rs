@@ -2,11 +2,12 @@
 //! the unit tests of the applets and the sharing check on any OS.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::time::Instant;
 
-use crate::xs::{DaemonErrno, Op, Result, Store, StoreError};
+use crate::xs::txn::STATE_CLOSING;
+use crate::xs::{DaemonErrno, Gone, Op, Report, Result, Store, StoreError, WaitError};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -16,6 +17,11 @@ pub struct MemStore {
     failing: RefCell<Vec<(String, Option<String>)>>,
     /// Every path read or listed, in order.
     reads: RefCell<Vec<String>>,
+    /// Changes another writer makes while `wait_for_state` waits, one per watch event:
+    /// `(path, Some(value))` writes, `(path, None)` removes the subtree.
+    later: RefCell<VecDeque<(String, Option<String>)>>,
+    /// How many `write_into_existing` transactions were committed.
+    pub transactions: RefCell<u32>,
 }
 
 impl MemStore {
@@ -42,6 +48,22 @@ impl MemStore {
         self.failing
             .borrow_mut()
             .push((path.to_string(), Some(errno.to_string())));
+    }
+
+    /// A change that lands while a `wait_for_state` waits (one per watch event, in order).
+    pub fn later(&self, path: &str, value: Option<&str>) {
+        self.later
+            .borrow_mut()
+            .push_back((path.to_string(), value.map(str::to_string)));
+    }
+
+    /// Whether `dir` exists: a node at it or under it.
+    pub fn exists(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        self.nodes
+            .borrow()
+            .keys()
+            .any(|k| k == dir || k.starts_with(&prefix))
     }
 
     /// The paths read or listed so far.
@@ -102,5 +124,76 @@ impl Store for MemStore {
             .borrow_mut()
             .retain(|k, _| k != path && !k.starts_with(&prefix));
         Ok(())
+    }
+
+    /// As the real one: every check first, then every write, so a failure writes nothing.
+    fn write_into_existing(&self, dir: &str, nodes: &[(&str, &str)]) -> anyhow::Result<Report> {
+        self.reads.borrow_mut().push(dir.to_string());
+        self.check(Op::Read, dir)?;
+        if !self.exists(dir) {
+            return Ok(Report::Vanished);
+        }
+        let paths: Vec<String> = nodes.iter().map(|(n, _)| format!("{dir}/{n}")).collect();
+        for p in &paths {
+            self.check(Op::Write, p)?;
+        }
+        for (p, (_, v)) in paths.iter().zip(nodes) {
+            self.set(p, v);
+        }
+        *self.transactions.borrow_mut() += 1;
+        Ok(Report::Written)
+    }
+
+    /// Each wait for an event applies the next `later` change; none left is the deadline.
+    fn wait_for_state(
+        &self,
+        dir: &str,
+        wanted: u32,
+        _deadline: Instant,
+    ) -> std::result::Result<u32, WaitError> {
+        let state = format!("{dir}/state");
+        loop {
+            let last = match self
+                .read(&state)
+                .map_err(|e| WaitError::Xenstore(e.into()))?
+            {
+                Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                    WaitError::Xenstore(anyhow::anyhow!("{state} is not a state: {v:?}"))
+                })?),
+                None if !self.exists(dir) => {
+                    return Err(WaitError::Gone(Gone {
+                        dir: dir.to_string(),
+                        state: None,
+                    }));
+                }
+                None => None,
+            };
+            match last {
+                Some(s) if s >= STATE_CLOSING => {
+                    return Err(WaitError::Gone(Gone {
+                        dir: dir.to_string(),
+                        state: Some(s),
+                    }));
+                }
+                Some(s) if s >= wanted => return Ok(s),
+                _ => {}
+            }
+            let Some((path, value)) = self.later.borrow_mut().pop_front() else {
+                return Err(WaitError::Deadline {
+                    dir: dir.to_string(),
+                    wanted,
+                    last,
+                });
+            };
+            match value {
+                Some(v) => self.set(&path, &v),
+                None => {
+                    let prefix = format!("{path}/");
+                    self.nodes
+                        .borrow_mut()
+                        .retain(|k, _| *k != path && !k.starts_with(&prefix));
+                }
+            }
+        }
     }
 }

@@ -14,14 +14,14 @@ use std::os::unix::net::UnixStream;
 
 pub const XS_DIRECTORY: u32 = 1;
 pub const XS_READ: u32 = 2;
-const XS_WATCH_EVENT: u32 = 15;
+pub(crate) const XS_WATCH_EVENT: u32 = 15;
 const XS_ERROR: u32 = 16;
-const HEADER: usize = 16;
+pub(crate) const HEADER: usize = 16;
 /// What a request may carry (xs_wire.h `XENSTORE_PAYLOAD_MAX`).
-const PAYLOAD_MAX: usize = 4096;
+pub(crate) const PAYLOAD_MAX: usize = 4096;
 /// Replies may be longer: oxenstored lists a directory of 1100 children (6.6 KB) in one
 /// reply. Only a length no daemon would send is refused.
-const REPLY_MAX: usize = 16 << 20;
+pub(crate) const REPLY_MAX: usize = 16 << 20;
 
 /// Requests in flight per connection, and connections used for one batch. Measured against
 /// oxenstored 4.17: 4 connections with 32 requests each cut its cost per request about in
@@ -41,9 +41,9 @@ struct Conn {
 }
 
 /// A reply: its type (the request's, or `XS_ERROR`) and payload.
-struct Reply {
-    ty: u32,
-    payload: Vec<u8>,
+pub(crate) struct Reply {
+    pub(crate) ty: u32,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl Conn {
@@ -160,7 +160,7 @@ fn daemon_error(payload: &[u8]) -> io::Error {
 }
 
 /// A reply's payload, or the daemon's error, or a protocol error.
-fn payload_of(ty: u32, r: Reply) -> io::Result<Vec<u8>> {
+pub(crate) fn payload_of(ty: u32, r: Reply) -> io::Result<Vec<u8>> {
     if r.ty == ty {
         Ok(r.payload)
     } else if r.ty == XS_ERROR {
@@ -173,7 +173,7 @@ fn payload_of(ty: u32, r: Reply) -> io::Result<Vec<u8>> {
     }
 }
 
-fn path_payload(path: &str) -> Vec<u8> {
+pub(crate) fn path_payload(path: &str) -> Vec<u8> {
     let mut p = Vec::with_capacity(path.len() + 1);
     p.extend_from_slice(path.as_bytes());
     p.push(0);

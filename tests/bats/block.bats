@@ -102,3 +102,28 @@ teardown() { destroy_own_vbds; detach_own_loops; }
     [ "$status" -eq 1 ]
     grep -q "^$SCRIPTS/block: params \"/nonexistent\" is a path that does not exist" "$XEN_LOG_DIR/xen-hotplug.log"
 }
+
+@test "a backend libxl already removed: add and remove exit 1, logged, not recreated" {
+    fe=$(next_domid)
+    for action in add remove; do
+        run hotplug "backend/vbd/$fe/51712" "$action"
+        [ "$status" -eq 1 ]
+        run xenstore-ls "backend/vbd/$fe"
+        [ "$status" -ne 0 ]
+    done
+    [ "$(grep -c "^$SCRIPTS/block: backend backend/vbd/$fe/51712 was removed" "$XEN_LOG_DIR/xen-hotplug.log")" -ge 2 ]
+}
+
+@test "an image QEMU serves read-write is busy for another guest, naming QEMU and its domain" {
+    img=$(new_image q.img)
+    fe=$(next_domid)
+    q="backend/qdisk/$fe/51712"
+    xenstore-write "$q/params" "aio:$img" "$q/mode" w "$q/state" 4 "/local/domain/$fe/vm" "/vm/bats-$fe"
+    echo "$q" >> "$BATS_TEST_TMPDIR/vbds"
+    be=$(new_vbd "$img" w)
+    run hotplug "$be" add
+    [ "$status" -eq 1 ]
+    [ "$(xenstore-read "$be/hotplug-status")" = busy ]
+    xenstore-read "$be/hotplug-error" | grep -q "(domain $fe, $q, served by QEMU)"
+    [ -z "$(losetup -j "$img")" ]
+}

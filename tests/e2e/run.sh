@@ -358,6 +358,10 @@ build_dom0() {
 
 build_guest
 build_dom0
+# the driver domain of the driver-* scenarios, appended to dom0.cpio
+# shellcheck source=driver-domain.sh
+. "$HERE/driver-domain.sh"
+build_driver_domain
 T_BUILD=$(($(date +%s) - T0))
 say "initramfs built in ${T_BUILD}s: dom0 $(($(stat -c %s "$WORK/dom0.cpio") / 1048576)) MiB, guest $(($(stat -c %s "$WORK/guest.cpio") / 1024)) KiB"
 say "tree under test: $TREE"

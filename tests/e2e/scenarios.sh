@@ -820,6 +820,10 @@ EOF
 	finish
 }
 
+# driver-domain scenarios (driver-*): driver-scenarios.sh
+# shellcheck disable=SC1091
+[ -r /e2e/driver-scenarios.sh ] && . /e2e/driver-scenarios.sh
+
 # ================================================================ main
 log "E2E-SCENARIOS start mode=${E2E_MODE:-?} only=${E2E_ONLY:-all}"
 log "scripts in $SCRIPTS:"
@@ -829,7 +833,7 @@ xenstore-ls -f /local/domain/0 2>&1 | head -n 20 | sed 's/^/  /'
 
 T0=$(date +%s)
 for sc in phy-rw file-rw file-ro share-phy share-file share-ro guest-pv upstream-concurrent lock-interop \
-	nbd iscsi drbd; do
+	nbd iscsi drbd driver-file-phy driver-share driver-share-ro driver-leftovers; do
 	wanted "$sc" || continue
 	t=$(date +%s)
 	"sc_${sc//-/_}"
@@ -839,6 +843,9 @@ for sc in phy-rw file-rw file-ro share-phy share-file share-ro guest-pv upstream
 		xenstore-exists "$(be_path 0 $v)" 2>/dev/null && xl block-detach 0 $v >/dev/null 2>&1
 	done
 done
+
+# the driver domain must be gone before the leftovers check
+declare -F dd_down >/dev/null && dd_down
 
 if wanted leftovers; then
 	begin leftovers "after all scenarios: no loop devices, no vbd backends, no guests"

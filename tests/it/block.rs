@@ -5,7 +5,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 
 use crate::common::*;
 
-fn assert_connected(xs: &Xenstored, vbd: &Vbd, dev: &str) {
+pub(crate) fn assert_connected(xs: &Xenstored, vbd: &Vbd, dev: &str) {
     assert_eq!(
         xs.read(&vbd.node("hotplug-status")).as_deref(),
         Some("connected")
@@ -43,7 +43,13 @@ fn assert_connected(xs: &Xenstored, vbd: &Vbd, dev: &str) {
     assert_eq!(got, want);
 }
 
-fn assert_refused(xs: &Xenstored, vbd: &Vbd, r: &Run, status: &str, needle: &str) -> String {
+pub(crate) fn assert_refused(
+    xs: &Xenstored,
+    vbd: &Vbd,
+    r: &Run,
+    status: &str,
+    needle: &str,
+) -> String {
     assert_eq!(r.status, 1, "{r:?}");
     assert_eq!(
         xs.read(&vbd.node("hotplug-status")).as_deref(),
@@ -68,7 +74,7 @@ fn assert_refused(xs: &Xenstored, vbd: &Vbd, r: &Run, status: &str, needle: &str
 }
 
 /// A guest (with its own vm) that already uses `dev` through a backend with these nodes.
-fn other_guest(xs: &Xenstored, dev: &str, mode: &str, legacy: bool, path: bool) -> Vbd {
+pub(crate) fn other_guest(xs: &Xenstored, dev: &str, mode: &str, legacy: bool, path: bool) -> Vbd {
     let fe = domid();
     xs.set_vm(fe, &format!("other-{fe}"));
     let v = xs.vbd(fe, 51712, dev, mode);
@@ -82,7 +88,7 @@ fn other_guest(xs: &Xenstored, dev: &str, mode: &str, legacy: bool, path: bool) 
     v
 }
 
-fn me(xs: &Xenstored, params: &str, mode: &str) -> Vbd {
+pub(crate) fn me(xs: &Xenstored, params: &str, mode: &str) -> Vbd {
     let fe = domid();
     xs.set_vm(fe, &format!("me-{fe}"));
     xs.vbd(fe, 51712, params, mode)
@@ -219,6 +225,9 @@ fn stubdom_of_the_same_guest_is_allowed() {
 
 #[test]
 fn same_vm_is_allowed_and_vanished_domain_counts_as_same() {
+    // Issue 11 point 1 changed this test's second half: "same VM" needs positive
+    // evidence; a domain that is gone entirely is dead and holds nothing, but one that
+    // exists without a vm is unknown, another VM.
     let xs = Xenstored::start();
     let t = TempDir::new("samevm");
 
@@ -233,12 +242,28 @@ fn same_vm_is_allowed_and_vanished_domain_counts_as_same() {
     assert_eq!(r.status, 0, "{r:?}");
     assert_connected(&xs, &v, &lo.path);
 
-    // The other domain's vm node is gone (domain being destroyed): upstream treats it
-    // as the same VM.
+    // The issue's small input: both domains exist without `vm`; the holder's backend has
+    // `physical-device` written. Unknown identities are other VMs: busy, saying so.
     let lo = Loop::attach(&image(&t, "b.img", 8), false);
     let o = other_guest(&xs, &lo.path, "w", true, false);
+    let v = me(&xs, &lo.path, "w");
+    for d in [o.fe, v.fe] {
+        xs.rm(&format!("/local/domain/{d}/vm"));
+        xs.write(&format!("/local/domain/{d}/name"), &format!("guest-{d}"));
+    }
+    let err = assert_refused(&xs, &v, &xs.run("block", &v, "add"), "busy", "guest domain");
+    assert!(
+        err.contains(&format!(
+            "The VM of domain {} and domain {} is unknown",
+            v.fe, o.fe
+        )) && err.contains("w!"),
+        "{err}"
+    );
+
+    // The holder's domain removed entirely (destroyed, its backend left over): granted.
     xs.rm(&format!("/local/domain/{}", o.fe));
     let v = me(&xs, &lo.path, "w");
+    xs.rm(&format!("/local/domain/{}/vm", v.fe));
     let r = xs.run("block", &v, "add");
     assert_eq!(r.status, 0, "{r:?}");
     assert_connected(&xs, &v, &lo.path);

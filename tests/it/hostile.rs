@@ -1233,8 +1233,8 @@ fn cases() -> Vec<Case> {
     );
     add(
         g,
-        "its domain has no vm (upstream: a vanishing domain counts as the same VM)",
-        Want::Granted,
+        "its domain exists without a vm (unknown: another VM; upstream said the same VM)",
+        Want::Busy("is unknown"),
         Box::new(|fx, _| {
             let o = fx.other();
             fx.xs.rm(&format!("/local/domain/{}/vm", o.fe));
@@ -1243,7 +1243,17 @@ fn cases() -> Vec<Case> {
     );
     add(
         g,
-        "a non-numeric domain directory holding the device (no vm: upstream's same VM)",
+        "its domain is gone entirely (dead: its leftover backend holds nothing)",
+        Want::Granted,
+        Box::new(|fx, _| {
+            let o = fx.other();
+            fx.xs.rm(&format!("/local/domain/{}", o.fe));
+            Inv::default()
+        }),
+    );
+    add(
+        g,
+        "a non-numeric domain directory holding the device (no such domain: dead, no holder)",
         Want::Granted,
         Box::new(|fx, _| {
             fx.xs

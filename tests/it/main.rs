@@ -14,6 +14,7 @@ mod rel;
 
 mod admin;
 mod block;
+mod deployments;
 mod exhaust;
 mod faults;
 mod harness;
@@ -27,3 +28,4 @@ mod logging;
 mod loopdev;
 mod reuse;
 mod storm;
+mod xs_txn;

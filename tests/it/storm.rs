@@ -34,7 +34,17 @@ fn storm(
     sides: &[Side],
     first: Option<(Side, Duration)>,
 ) -> (Vec<Vbd>, Round) {
-    let vbds: Vec<Vbd> = sides.iter().map(|_| guest(xs, target, "w")).collect();
+    storm_of(xs, sides, first, || guest(xs, target, "w"))
+}
+
+/// `storm` with the requesting guests made by `make`.
+fn storm_of(
+    xs: &Xenstored,
+    sides: &[Side],
+    first: Option<(Side, Duration)>,
+    make: impl Fn() -> Vbd,
+) -> (Vec<Vbd>, Round) {
+    let vbds: Vec<Vbd> = sides.iter().map(|_| make()).collect();
     let mut kids: Vec<Option<Child>> = sides.iter().map(|_| None).collect();
     if let Some((lead, head)) = first {
         for (i, (s, v)) in sides.iter().zip(&vbds).enumerate() {
@@ -283,5 +293,151 @@ fn storm_among_1000_guests() {
         "storm: ours x{K} file among {guests} guests: {rounds} rounds, {rounds} winners, 0 \
          double grants, 0 loops leaked, {:?} per round",
         t0.elapsed() / rounds as u32
+    );
+}
+
+/// Another guest's backend of `kind` holding `params` read-write, as libxl writes it for
+/// blkback (`vbd`, with `physical-device`), QEMU (`qdisk`) or tapback (`vbd3`); the guest
+/// has its own `vm`. Returns (frontend, backend path).
+fn plant(xs: &Xenstored, kind: &str, params: &str, physical_device: Option<&str>) -> (u32, String) {
+    let fe = domid();
+    xs.set_vm(fe, &format!("holder-{fe}"));
+    let be = format!("backend/{kind}/{fe}/51712");
+    for (k, v) in [("params", params), ("mode", "w"), ("state", "4")] {
+        xs.write(&format!("{be}/{k}"), v);
+    }
+    if let Some(pd) = physical_device {
+        xs.write(&format!("{be}/physical-device"), pd);
+    }
+    (fe, be)
+}
+
+/// Issue 11 point 2 under load: the image is already held read-write by another guest
+/// through blkback (a loop of it), QEMU (`qdisk`, `aio:`) or tapback (`vbd3`, `vhd:`), or
+/// all three; 8 concurrent read-write adds of it must all be `busy`, each naming a
+/// holder, and leave no loop. A last round without holders has exactly one winner.
+#[test]
+fn storm_against_holders_of_every_kind() {
+    let xs = Xenstored::start();
+    let t = TempDir::new("kinds");
+    let img = image(&t, "file.img", 8);
+    let _c = Cleanup(img.clone());
+    let path = img.to_str().unwrap().to_string();
+    let rounds = size("XBH_STORM_KINDS_ROUNDS", 8);
+    let sides = [Side::Ours; K];
+    let patterns: [&[&str]; 4] = [&["qdisk"], &["vbd3"], &["vbd"], &["vbd", "qdisk", "vbd3"]];
+    let mut busy = 0;
+    for r in 0..rounds {
+        let kinds = patterns[r as usize % patterns.len()];
+        let mut holders = Vec::new();
+        let mut lo = None;
+        for kind in kinds {
+            holders.push(match *kind {
+                "qdisk" => plant(&xs, "qdisk", &format!("aio:{path}"), None),
+                "vbd3" => plant(&xs, "vbd3", &format!("vhd:{path}"), None),
+                _ => {
+                    // blkback through a loop of the image, as our own add would leave it.
+                    let l = Loop::attach(&img, false);
+                    let h = plant(&xs, "vbd", &path, Some(&l.hex()));
+                    lo = Some(l);
+                    h
+                }
+            });
+        }
+        let (vbds, round) = storm(&xs, &path, &sides, None);
+        assert!(
+            round.other.is_empty(),
+            "round {r} {kinds:?}: {:#?}",
+            round.other
+        );
+        assert!(
+            round.winners.is_empty(),
+            "round {r} {kinds:?}: granted while held"
+        );
+        assert_eq!(round.busy, K, "round {r} {kinds:?}");
+        busy += round.busy;
+        for v in &vbds {
+            let err = xs.read(&v.node("hotplug-error")).unwrap();
+            assert!(
+                holders
+                    .iter()
+                    .any(|(fe, be)| err.contains(&format!("(domain {fe}, {be}"))),
+                "round {r} {kinds:?}: names no holder: {err}"
+            );
+            if kinds == ["qdisk"] {
+                assert!(err.contains("served by QEMU"), "{err}");
+            }
+            if kinds == ["vbd3"] {
+                assert!(err.contains("served by tapback"), "{err}");
+            }
+        }
+        remove_all(&xs, &sides, &vbds);
+        drop(lo);
+        for (fe, _) in &holders {
+            for kind in ["vbd", "qdisk", "vbd3"] {
+                xs.rm(&format!("backend/{kind}/{fe}"));
+            }
+            xs.rm(&format!("/local/domain/{fe}"));
+        }
+        assert!(loops_of(&img).is_empty(), "round {r}: a loop leaked");
+    }
+    let (vbds, round) = storm(&xs, &path, &sides, None);
+    assert!(round.other.is_empty(), "{:#?}", round.other);
+    assert_eq!(round.winners.len(), 1, "without holders: one winner");
+    remove_all(&xs, &sides, &vbds);
+    assert!(loops_of(&img).is_empty());
+    eprintln!(
+        "storm: ours x{K} file against qdisk/vbd3/vbd holders: {rounds} rounds, {busy} busy, \
+         0 grants while held, 0 loops leaked; control round: 1 winner"
+    );
+}
+
+/// Issue 11 point 1 under load, the driver-domain rule: the 8 requesting guests' domains
+/// exist without `vm` (unknown, as a guest's unreadable `vm` is in a driver domain), and a
+/// destroyed domain's leftover backend (its `/local/domain/<id>` gone) holds the device
+/// read-write. Unknown identities are other VMs, so exactly one add wins (upstream's
+/// `same_vm` takes unknowns for one VM and grants all 8); the dead holder holds nothing.
+#[test]
+fn storm_of_guests_with_unknown_vms() {
+    let xs = Xenstored::start();
+    let t = TempDir::new("unknownvm");
+    let dev = Loop::attach(&image(&t, "dev.img", 8), false);
+    let rounds = size("XBH_STORM_DRIVER_ROUNDS", 10);
+    let sides = [Side::Ours; K];
+    let unknown = || {
+        let fe = domid();
+        xs.write(&format!("/local/domain/{fe}/name"), &format!("guest-{fe}"));
+        xs.vbd(fe, 51712, &dev.path, "w")
+    };
+    let mut winners = 0;
+    for r in 0..rounds {
+        // The leftover backend of a destroyed domain.
+        let dead = domid();
+        let left = xs.vbd(dead, 51712, &dev.path, "w");
+        xs.write(&left.node("physical-device"), &dev.hex());
+        let (vbds, round) = storm_of(&xs, &sides, None, unknown);
+        assert!(round.other.is_empty(), "round {r}: {:#?}", round.other);
+        assert_eq!(round.winners.len(), 1, "round {r}: exactly one winner");
+        assert_eq!(round.busy, K - 1, "round {r}");
+        winners += round.winners.len();
+        for v in &vbds {
+            if let Some(err) = xs.read(&v.node("hotplug-error")) {
+                assert!(err.contains("is unknown") && err.contains("w!"), "{err}");
+                assert!(
+                    !err.contains(&format!("domain {dead},")),
+                    "the dead holder: {err}"
+                );
+            }
+        }
+        remove_all(&xs, &sides, &vbds);
+        forget(&xs, &left);
+    }
+    assert_eq!(
+        backing_of(&dev.path).as_deref(),
+        Some(dev.image.to_str().unwrap())
+    );
+    eprintln!(
+        "storm: ours x{K} phy, every guest's vm unknown, a dead domain's leftover holder: \
+         {rounds} rounds, {winners} winners, 0 double grants"
     );
 }

@@ -319,6 +319,31 @@ impl Platform for Linux {
         stat_block_device(path).map(Identity::Dev)
     }
 
+    fn stat_params_path(&self, path: &str) -> Option<Identity> {
+        if !path.starts_with('/') {
+            return None;
+        }
+        let meta = std::fs::metadata(path).ok()?;
+        let ft = meta.file_type();
+        if ft.is_block_device() {
+            Some(Identity::Dev(split_dev(meta.rdev())))
+        } else if ft.is_file() {
+            Some(Identity::File {
+                fs: split_dev(meta.dev()),
+                ino: meta.ino(),
+            })
+        } else {
+            None
+        }
+    }
+
+    fn file_identity(&self, file: &FileTarget) -> Option<Identity> {
+        Some(Identity::File {
+            fs: split_dev(file.dev),
+            ino: file.ino,
+        })
+    }
+
     fn local_mounts(&self) -> Result<Vec<Mount>> {
         local_mounts()
     }
