@@ -26,3 +26,4 @@ mod logging;
 mod loopdev;
 mod reuse;
 mod storm;
+mod xen419;
