@@ -19,8 +19,9 @@
 //!
 //! Inputs of Xen 4.19 and later (`xen-4.19-and-later.md` A.3):
 //! * a tapback disk (`vbd3`) is never classified: it goes to `block-tap`, or is refused;
-//! * a CD-ROM (`device-type` `cdrom`), also libxl's empty drive (a zero-length, mode-0400
-//!   `<XEN_RUN_DIR>/empty-cdrom.<domid>`), is attached read-only whatever `mode` says;
+//! * a CD-ROM image (`device-type` `cdrom`), also libxl's empty drive (a zero-length,
+//!   mode-0400 `<XEN_RUN_DIR>/empty-cdrom.<domid>`), gets a read-only loop whatever `mode`
+//!   says (a device CD-ROM is blkback's to open by `mode`);
 //! * a stubdom media change (remove, then add on the same backend path at once) needs
 //!   nothing special: remove deletes its record whether or not the kernel detached the
 //!   loop at once, and a loop still running down is nobody's use of the file.
@@ -73,7 +74,12 @@ fn add<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
             return Err(script.hand_over(&nodes.params, &what, nodes.ty.as_deref()));
         }
     };
-    let mode = read_only_if_cdrom(be, &nodes.mode)?;
+    let mode = match &target {
+        Ours::File(_) => read_only_if_cdrom(be, &nodes.mode)?,
+        // blkback opens a device by `mode` (and a guest may then write a CD-ROM): its
+        // mode stands, for the sharing check too.
+        Ours::Device(_) => nodes.mode.as_str(),
+    };
     let check = Frontend::read(be, mode)?.sharing_check(be, p);
     match target {
         Ours::Device(dev) => add_device(p, be, &check, dev),
@@ -116,11 +122,13 @@ fn hand_over_to_block_tap(be: &Backend, script: &Script, params: Option<&str>) -
     }
 }
 
-/// The mode the disk is attached and checked with: `r` for a CD-ROM (`device-type`
+/// The mode a file is attached and checked with: `r` for a CD-ROM (`device-type`
 /// `cdrom`) whatever `mode` asks, as QEMU's Xen CD-ROM always is (`xen-block.c`
 /// `xen_cdrom_realize`: `VDISK_READONLY`); xl never asks otherwise (libxlu_disk.c clears
 /// `readwrite` for every CD-ROM). libxl's empty drive, a mode-0400 file, would otherwise
-/// be refused as read-only. `device-type` is read only when `mode` asks for writing.
+/// be refused as read-only. The loop is then read-only whatever blkback is told: it
+/// refuses every write (EPERM) even to an opener for writing. `device-type` is read only
+/// when `mode` asks for writing.
 fn read_only_if_cdrom<'m>(be: &Backend, mode: &'m str) -> Result<&'m str> {
     if !Mode::parse_request(mode).is_ok_and(Mode::writable) {
         return Ok(mode);
@@ -901,6 +909,17 @@ mod tests {
         let (status, msg) = w.run(Action::Add).unwrap_err();
         assert_eq!(status, "busy", "{msg}");
         assert!(msg.contains("read-write in a guest domain"), "{msg}");
+        // A device CD-ROM asked `w` is opened read-write by blkback: a writer, refused
+        // next to a reader.
+        let w = World::<LinuxRules>::new("cdrom-phy", "/dev/sdb", "w");
+        w.s.set(&format!("{BE}/device-type"), "cdrom");
+        w.guest_uses_dev(6, "/dev/sdb", DISK, "r");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "busy", "{msg}");
+        let w = World::<LinuxRules>::new("cdrom-phy-r", "/dev/sdb", "r");
+        w.s.set(&format!("{BE}/device-type"), "cdrom");
+        w.guest_uses_dev(6, "/dev/sdb", DISK, "r");
+        w.run(Action::Add).unwrap();
     }
 
     fn cdrom_calls<R: Rules>(device_type: Option<&str>, mode: &str) -> Vec<String> {

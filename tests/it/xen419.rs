@@ -123,6 +123,30 @@ fn a_cdrom_asked_read_write_is_a_reader() {
 }
 
 #[test]
+fn a_device_cdrom_keeps_its_mode() {
+    // blkback opens a device by `mode`: a device CD-ROM asked `w` is a writer, refused
+    // next to a reader; asked `r`, it shares.
+    let xs = Xenstored::start();
+    let t = TempDir::new("phycd");
+    let lo = Loop::attach(&image(&t, "drive.img", 4), false);
+    let a = domid();
+    xs.set_vm(a, "a");
+    let va = cdrom(&xs, a, &lo.path, "r");
+    assert_eq!(xs.run("block", &va, "add").status, 0);
+    let b = domid();
+    xs.set_vm(b, "b");
+    let vb = cdrom(&xs, b, &lo.path, "w");
+    let r = xs.run("block", &vb, "add");
+    assert_eq!(r.status, 1, "{r:?}");
+    assert_eq!(xs.read(&vb.node("hotplug-status")).as_deref(), Some("busy"));
+    xs.rm(&vb.path);
+    let vb = cdrom(&xs, b, &lo.path, "r");
+    let r = xs.run("block", &vb, "add");
+    assert_eq!(r.status, 0, "{r:?}");
+    assert_eq!(xs.read(&vb.node("physical-device")), Some(lo.hex()));
+}
+
+#[test]
 fn stubdom_media_change_back_to_back() {
     // Xen 4.20's CD-ROM change with a stubdomain: eject (remove the stubdom's disk, add the
     // empty drive), insert (remove, add the new medium), on one vdev, as fast as libxl can.
