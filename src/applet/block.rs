@@ -937,7 +937,12 @@ mod tests {
     /// the new medium, the record always names the current device, nothing is left.
     #[test]
     fn media_change_on_one_backend_path() {
-        let w = World::<LinuxRules>::new("media", IMG, "r");
+        media_change::<LinuxRules>();
+        media_change::<NetBsdRules>();
+    }
+
+    fn media_change<R: Rules>() {
+        let w = World::<R>::new("media", IMG, "r");
         w.p.name(
             "/run/xen/empty-cdrom.5",
             Named::File {
@@ -948,6 +953,7 @@ mod tests {
         );
         let media = [IMG, "/run/xen/empty-cdrom.5", "/vm/ro.img", IMG, IMG];
         for (round, medium) in media.iter().enumerate() {
+            let what = format!("{} round {round}", R::NAME);
             for (n, v) in [
                 ("params", *medium),
                 ("mode", "r"),
@@ -958,19 +964,20 @@ mod tests {
                 w.s.set(&format!("{BE}/{n}"), v);
             }
             w.run(Action::Add)
-                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+                .unwrap_or_else(|e| panic!("{what}: {e:?}"));
             assert_eq!(w.node("hotplug-status").as_deref(), Some("connected"));
-            let node = w.node("node").unwrap();
-            let rec = w.record().unwrap();
-            let Record::Loop(l) = &rec else {
-                panic!("{rec:?}")
+            let node = w.node(R::ATTACHED_NODE).unwrap();
+            let (rec_node, rec_params) = match w.record() {
+                Some(Record::Loop(l)) => (l.device.path, l.params),
+                Some(Record::Vnd(v)) => (v.node.unwrap_or_default(), v.params),
+                r => panic!("{what}: {r:?}"),
             };
-            assert_eq!(l.device.path, node, "round {round}");
-            assert_eq!(l.params.as_deref(), Some(*medium), "round {round}");
-            assert_eq!(w.p.made.borrow().len(), 1, "round {round}");
+            assert_eq!(rec_node, node, "{what}");
+            assert_eq!(rec_params.as_deref(), Some(*medium), "{what}");
+            assert_eq!(w.p.made.borrow().len(), 1, "{what}");
             w.run(Action::Remove).unwrap();
-            assert_eq!(w.record(), None, "round {round}");
-            assert!(w.p.made.borrow().is_empty(), "round {round}");
+            assert_eq!(w.record(), None, "{what}");
+            assert!(w.p.made.borrow().is_empty(), "{what}");
             w.s.rm(BE).unwrap();
         }
         // One detach per remove and none by an add: no add found a stale record.
