@@ -43,7 +43,12 @@ impl Script {
         {
             return None;
         }
-        let path = self.dir.join(format!("block-{ty}"));
+        self.helper_named(&format!("block-{ty}"))
+    }
+
+    /// The sibling script `name` (`block-tap`), if it is installed and executable.
+    pub fn helper_named(&self, name: &str) -> Option<PathBuf> {
+        let path = self.dir.join(name);
         let meta = std::fs::metadata(&path).ok()?;
         use std::os::unix::fs::PermissionsExt;
         (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(path)

@@ -16,8 +16,17 @@
 //! remove: the record's device is detached if it is still ours; without a record, a device
 //! named by the backend's nodes (upstream's attach) is, if `params` still backs it; a
 //! `params` of another type goes to its `block-<type>` script.
+//!
+//! Inputs of Xen 4.19 and later (`xen-4.19-and-later.md` A.3):
+//! * a tapback disk (`vbd3`) is never classified: it goes to `block-tap`, or is refused;
+//! * a CD-ROM image (`device-type` `cdrom`), also libxl's empty drive (a zero-length,
+//!   mode-0400 `<XEN_RUN_DIR>/empty-cdrom.<domid>`), gets a read-only loop whatever `mode`
+//!   says (a device CD-ROM is blkback's to open by `mode`);
+//! * a stubdom media change (remove, then add on the same backend path at once) needs
+//!   nothing special: remove deletes its record whether or not the kernel detached the
+//!   loop at once, and a loop still running down is nobody's use of the file.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::backend::Backend;
 use crate::invocation::Action;
@@ -50,9 +59,15 @@ enum Ours {
 }
 
 fn add<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
+    if is_tapback(be, None) {
+        return Err(hand_over_to_block_tap(be, script, None));
+    }
     let Some(nodes) = AddNodes::read(be, P::PUBLISHED)? else {
         return Ok(());
     };
+    if is_tapback(be, nodes.ty.as_deref()) {
+        return Err(hand_over_to_block_tap(be, script, Some(&nodes.params)));
+    }
     let target = match p.classify(&nodes.params)? {
         Target::Device(d) => Ours::Device(d),
         Target::File(f) => Ours::File(f),
@@ -60,11 +75,73 @@ fn add<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
             return Err(script.hand_over(&nodes.params, &what, nodes.ty.as_deref()));
         }
     };
-    let check = Frontend::read(be, &nodes.mode)?.sharing_check(be, p);
+    let mode = match &target {
+        Ours::File(_) => read_only_if_cdrom(be, &nodes.mode)?,
+        // blkback opens a device by `mode` (and a guest may then write a CD-ROM): its
+        // mode stands, for the sharing check too.
+        Ours::Device(_) => nodes.mode.as_str(),
+    };
+    let check = Frontend::read(be, mode)?.sharing_check(be, p);
     match target {
         Ours::Device(dev) => add_device(p, be, &check, dev),
         Ours::File(file) => add_file(p, be, &check, file),
     }
+}
+
+/// libxl's backend kind and `type` of a tapback (blktap3) disk, Xen 4.19+
+/// (`backendtype=tap`; libxl_disk.c `libxl__device_from_disk`, libxl_device.c
+/// `libxl__device_disk_string_of_backend`).
+const TAPBACK_TYPE: &str = "vbd3";
+
+/// The script libxl runs for tapback disks by default (libxl_disk.c `device_disk_add`).
+const TAPBACK_SCRIPT: &str = "block-tap";
+
+/// Whether `be` is a tapback disk: its path is under `backend/vbd3` (`XENBUS_TYPE=vbd3`),
+/// or its `type` node (`ty`, when read) is `vbd3`.
+fn is_tapback(be: &Backend, ty: Option<&str>) -> bool {
+    be.path.type_dir.rsplit('/').next() == Some(TAPBACK_TYPE) || ty == Some(TAPBACK_TYPE)
+}
+
+/// A tapback disk is `block-tap`'s: its `params` (`aio:<path>`, `vhd:<path>`) is never
+/// classified, no loop is made, no `physical-device` written (tapback rejects any whose
+/// major is not blktap2's, and waits for `hotplug-status=connected`, which only
+/// `block-tap` can give it: blktap `tapback/backend.c`, `frontend.c`). Hands over to
+/// `block-tap` in our own script directory (returns only if the exec fails), else the
+/// refusal naming it.
+fn hand_over_to_block_tap(be: &Backend, script: &Script, params: Option<&str>) -> anyhow::Error {
+    match script.helper_named(TAPBACK_SCRIPT) {
+        Some(helper) => script.exec(&helper),
+        None => anyhow!(
+            "{} is a tapback ({TAPBACK_TYPE}) disk{}: it needs the {TAPBACK_SCRIPT} script, \
+             which is not installed in {}; block does not attach tapback disks",
+            be.path.path,
+            params
+                .map(|p| format!(" (params {p:?})"))
+                .unwrap_or_default(),
+            script.dir.display()
+        ),
+    }
+}
+
+/// The mode a file is attached and checked with: `r` for a CD-ROM (`device-type`
+/// `cdrom`) whatever `mode` asks, as QEMU's Xen CD-ROM always is (`xen-block.c`
+/// `xen_cdrom_realize`: `VDISK_READONLY`); xl never asks otherwise (libxlu_disk.c clears
+/// `readwrite` for every CD-ROM). libxl's empty drive, a mode-0400 file, would otherwise
+/// be refused as read-only. The loop is then read-only whatever blkback is told: it
+/// refuses every write (EPERM) even to an opener for writing. `device-type` is read only
+/// when `mode` asks for writing.
+fn read_only_if_cdrom<'m>(be: &Backend, mode: &'m str) -> Result<&'m str> {
+    if !Mode::parse_request(mode).is_ok_and(Mode::writable) {
+        return Ok(mode);
+    }
+    if be.read("device-type")?.as_deref() != Some("cdrom") {
+        return Ok(mode);
+    }
+    log::debug(&format!(
+        "{}: a CD-ROM with mode {mode:?}: attached read-only",
+        be.path.path
+    ));
+    Ok("r")
 }
 
 fn claim_lock<P: Platform>(p: &P) -> Result<Lock> {
@@ -223,6 +300,13 @@ fn add_file<P: Platform>(
 }
 
 fn remove<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
+    // A tapback disk is block-tap's to undo; without it, nothing of ours was made (add
+    // refused it), and the flow below finds nothing.
+    if is_tapback(be, None)
+        && let Some(helper) = script.helper_named(TAPBACK_SCRIPT)
+    {
+        return Err(script.exec(&helper));
+    }
     let key = be.path.record_key();
     if let Some(rec) = p.load_record(&key)? {
         if rec.kind() == P::RECORD_KIND {
@@ -251,7 +335,13 @@ fn remove<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
         // phy: nothing was attached.
         Some(Target::Device(_)) => return finish_remove::<P>(be),
         Some(Target::Other { .. }) => {
-            if let Some(helper) = script.helper_for(be.read("type")?.as_deref()) {
+            let ty = be.read("type")?;
+            let helper = if is_tapback(be, ty.as_deref()) {
+                script.helper_named(TAPBACK_SCRIPT)
+            } else {
+                script.helper_for(ty.as_deref())
+            };
+            if let Some(helper) = helper {
                 return Err(script.exec(&helper));
             }
             None
@@ -996,6 +1086,181 @@ mod tests {
         w.run(Action::Remove).unwrap();
         assert!(w.p.calls().is_empty());
     }
+
+    /// Xen 4.19+ (`xen-4.19-and-later.md` A.3): libxl's empty CD-ROM drive, a zero-length
+    /// mode-0400 file, and any CD-ROM asked read-write, are attached read-only and checked
+    /// as readers; a disk (no `device-type`, or `disk`) keeps its mode.
+    #[test]
+    fn cdroms_are_attached_read_only_whatever_the_mode() {
+        for rules in ["linux", "netbsd"] {
+            for (device_type, mode, ro) in [
+                (Some("cdrom"), "r", true),
+                (Some("cdrom"), "w", true),
+                (Some("cdrom"), "w!", true),
+                (Some("disk"), "w", false),
+                (None, "w", false),
+            ] {
+                let what = format!("{rules} {device_type:?} {mode}");
+                let calls = match rules {
+                    "linux" => cdrom_calls::<LinuxRules>(device_type, mode),
+                    _ => cdrom_calls::<NetBsdRules>(device_type, mode),
+                };
+                assert!(
+                    calls
+                        .iter()
+                        .any(|c| c.starts_with("attach ") && c.ends_with(&format!("ro={ro}"))),
+                    "{what}: {calls:?}"
+                );
+                assert!(
+                    !calls
+                        .iter()
+                        .any(|c| c.starts_with("attach ") && !c.ends_with(&format!("ro={ro}"))),
+                    "{what}: {calls:?}"
+                );
+            }
+        }
+        // The empty drive: 0400, so a disk asking `w` is refused, a CD-ROM is not.
+        let w = World::<LinuxRules>::new("empty-disk", "/vm/ro.img", "w");
+        let (status, _) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "busy");
+        let w = World::<LinuxRules>::new("empty-cdrom", "/vm/ro.img", "w");
+        w.s.set(&format!("{BE}/device-type"), "cdrom");
+        w.run(Action::Add).unwrap();
+        assert!(
+            w.p.calls()
+                .contains(&"attach /dev/made0 /vm/ro.img ro=true".to_string())
+        );
+        // A CD-ROM is a reader for the sharing check: another reader is fine, a writer
+        // is not.
+        let w = World::<LinuxRules>::new("cdrom-shared", IMG, "w");
+        w.s.set(&format!("{BE}/device-type"), "cdrom");
+        w.guest_uses_image(6, "r");
+        w.run(Action::Add).unwrap();
+        let w = World::<LinuxRules>::new("cdrom-writer", IMG, "r");
+        w.s.set(&format!("{BE}/device-type"), "cdrom");
+        w.guest_uses_image(6, "w");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "busy", "{msg}");
+        assert!(msg.contains("read-write in a guest domain"), "{msg}");
+        // A device CD-ROM asked `w` is opened read-write by blkback: a writer, refused
+        // next to a reader.
+        let w = World::<LinuxRules>::new("cdrom-phy", "/dev/sdb", "w");
+        w.s.set(&format!("{BE}/device-type"), "cdrom");
+        w.guest_uses_dev(6, "/dev/sdb", DISK, "r");
+        let (status, msg) = w.run(Action::Add).unwrap_err();
+        assert_eq!(status, "busy", "{msg}");
+        let w = World::<LinuxRules>::new("cdrom-phy-r", "/dev/sdb", "r");
+        w.s.set(&format!("{BE}/device-type"), "cdrom");
+        w.guest_uses_dev(6, "/dev/sdb", DISK, "r");
+        w.run(Action::Add).unwrap();
+    }
+
+    fn cdrom_calls<R: Rules>(device_type: Option<&str>, mode: &str) -> Vec<String> {
+        let w = World::<R>::new("cdrom", IMG, mode);
+        if let Some(t) = device_type {
+            w.s.set(&format!("{BE}/device-type"), t);
+        }
+        w.run(Action::Add).unwrap();
+        assert_eq!(w.node("hotplug-status").as_deref(), Some("connected"));
+        w.p.calls()
+    }
+
+    /// A stubdom media change (Xen 4.20, `a18b50614d`): remove, libxl deletes the backend,
+    /// add on the same path with the next medium, round after round: every add connects
+    /// the new medium, the record always names the current device, nothing is left.
+    #[test]
+    fn media_change_on_one_backend_path() {
+        media_change::<LinuxRules>();
+        media_change::<NetBsdRules>();
+    }
+
+    fn media_change<R: Rules>() {
+        let w = World::<R>::new("media", IMG, "r");
+        w.p.name(
+            "/run/xen/empty-cdrom.5",
+            Named::File {
+                dev: 0x72,
+                ino: 1,
+                perm: 0o400,
+            },
+        );
+        let media = [IMG, "/run/xen/empty-cdrom.5", "/vm/ro.img", IMG, IMG];
+        for (round, medium) in media.iter().enumerate() {
+            let what = format!("{} round {round}", R::NAME);
+            for (n, v) in [
+                ("params", *medium),
+                ("mode", "r"),
+                ("frontend-id", "5"),
+                ("state", "2"),
+                ("device-type", "cdrom"),
+            ] {
+                w.s.set(&format!("{BE}/{n}"), v);
+            }
+            w.run(Action::Add)
+                .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            assert_eq!(w.node("hotplug-status").as_deref(), Some("connected"));
+            let node = w.node(R::ATTACHED_NODE).unwrap();
+            let (rec_node, rec_params) = match w.record() {
+                Some(Record::Loop(l)) => (l.device.path, l.params),
+                Some(Record::Vnd(v)) => (v.node.unwrap_or_default(), v.params),
+                r => panic!("{what}: {r:?}"),
+            };
+            assert_eq!(rec_node, node, "{what}");
+            assert_eq!(rec_params.as_deref(), Some(*medium), "{what}");
+            assert_eq!(w.p.made.borrow().len(), 1, "{what}");
+            w.run(Action::Remove).unwrap();
+            assert_eq!(w.record(), None, "{what}");
+            assert!(w.p.made.borrow().is_empty(), "{what}");
+            w.s.rm(BE).unwrap();
+        }
+        // One detach per remove and none by an add: no add found a stale record.
+        let calls = w.p.calls();
+        let detaches = calls.iter().filter(|c| c.starts_with("detach ")).count();
+        assert_eq!(detaches, media.len(), "{calls:?}");
+        let attaches = calls.iter().filter(|c| c.starts_with("attach ")).count();
+        assert_eq!(attaches, media.len(), "{calls:?}");
+    }
+
+    /// Xen 4.19+ tapback disks: never classified, never attached; handed to `block-tap`
+    /// when it is installed (not here), else refused naming it. Whether the backend says
+    /// so by its path (`XENBUS_TYPE=vbd3`) or its `type` node, and even when `params`
+    /// names a file `block` could attach.
+    #[test]
+    fn tapback_disks_are_never_attached() {
+        const BE3: &str = "/local/domain/0/backend/vbd3/5/768";
+        for (path, ty, params) in [
+            (BE3, "vbd3", "aio:/vm/a.img"),
+            (BE3, "vbd3", IMG),
+            (BE, "vbd3", IMG),
+            (BE3, "phy", IMG),
+        ] {
+            let w = World::<LinuxRules>::new("vbd3", params, "w");
+            for n in ["params", "mode", "frontend-id", "state"] {
+                let v = w.node(n).unwrap();
+                w.s.set(&format!("{path}/{n}"), &v);
+            }
+            w.s.set(&format!("{path}/type"), ty);
+            let kind = if path == BE3 { "vbd3" } else { "vbd" };
+            let be = Backend::new(&w.s, BackendPath::parse(path, "backend", kind).unwrap());
+            let script = Script::new("/nonexistent/scripts/block".into(), vec![]);
+            let (status, msg) = super::run(&w.p, Action::Add, &be, &script)
+                .map_err(|e| describe(&e))
+                .unwrap_err();
+            assert_eq!(status, "error");
+            assert!(msg.contains("tapback (vbd3) disk"), "{msg}");
+            assert!(
+                msg.contains(
+                    "needs the block-tap script, which is not installed in /nonexistent/scripts"
+                ),
+                "{msg}"
+            );
+            assert!(w.p.calls().is_empty(), "{path} {ty}: {:?}", w.p.calls());
+            assert_eq!(w.s.get(&format!("{path}/physical-device")), None);
+            // Remove finds nothing of ours and succeeds.
+            super::run(&w.p, Action::Remove, &be, &script).unwrap();
+            assert!(w.p.calls().is_empty(), "{:?}", w.p.calls());
+        }
+    }
 }
 
 /// NetBSD's own platform code (vnd unit choice, overlapping partitions, unconfigure
@@ -1415,6 +1680,37 @@ mod netbsd_tests {
         run(&p, &s, Action::Remove).unwrap();
         assert!(p.sys.calls().is_empty());
         assert!(s.list(BE).unwrap().is_none());
+    }
+
+    #[test]
+    fn remove_accepts_pkgsrcs_vnd_node() {
+        // NetBSD's pkgsrc (xentools420) writes the unit name, `vnd2`, not `/dev/vnd2d`.
+        let p = NetBsd::new(fake("pkgsrc"));
+        p.sys.units.borrow_mut().insert(2, OURS);
+        let s = store(IMG, "w");
+        s.unset(&format!("{BE}/params"));
+        s.set(&format!("{BE}/vnd"), "vnd2");
+        run(&p, &s, Action::Remove).unwrap();
+        assert_eq!(p.sys.calls(), ["vnconfig -u /dev/vnd2d"]);
+        assert!(!p.sys.units.borrow().contains_key(&2));
+        assert!(s.list(BE).unwrap().is_none());
+        // With params still naming the file, the unit must still be backed by it.
+        let p = NetBsd::new(fake("pkgsrc2"));
+        p.sys.units.borrow_mut().insert(2, (0x71, 4242));
+        let s = store(IMG, "w");
+        s.set(&format!("{BE}/vnd"), "vnd2");
+        run(&p, &s, Action::Remove).unwrap();
+        assert!(p.sys.calls().is_empty());
+        assert_eq!(p.sys.units.borrow().get(&2), Some(&(0x71, 4242)));
+        // Both spellings of one unit, on the same file: the same unconfigure.
+        for node in ["vnd2", "/dev/vnd2d"] {
+            let p = NetBsd::new(fake("pkgsrc3"));
+            p.sys.units.borrow_mut().insert(2, OURS);
+            let s = store(IMG, "w");
+            s.set(&format!("{BE}/vnd"), node);
+            run(&p, &s, Action::Remove).unwrap();
+            assert_eq!(p.sys.calls(), ["vnconfig -u /dev/vnd2d"], "{node}");
+        }
     }
 
     #[test]

@@ -28,4 +28,5 @@ mod logging;
 mod loopdev;
 mod reuse;
 mod storm;
+mod xen419;
 mod xs_txn;

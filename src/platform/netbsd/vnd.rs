@@ -148,9 +148,14 @@ pub fn vnd_raw_node(unit: u32) -> String {
     format!("/dev/rvnd{unit}d")
 }
 
-/// The unit of a `vnd` node value (`/dev/vnd3d`, as upstream and we write it).
+/// The unit of a `vnd` node value: `/dev/vnd3d`, as upstream and we write it, or `vnd3`,
+/// as NetBSD's pkgsrc writes it (`sysutils/xentools420`,
+/// `patches/patch-tools_hotplug_NetBSD_block`: `vnconfig` is given the unit name).
 pub fn parse_vnd_node(value: &str) -> Option<u32> {
-    parse_unit(value.strip_prefix("/dev/vnd")?.strip_suffix('d')?)
+    match value.strip_prefix("/dev/vnd") {
+        Some(rest) => parse_unit(rest.strip_suffix('d')?),
+        None => parse_unit(value.strip_prefix("vnd")?),
+    }
 }
 
 /// `struct vnd_user` of `sys/dev/vndvar.h` (`int vnu_unit; dev_t vnu_dev; ino_t
@@ -324,6 +329,9 @@ mod tests {
         assert_eq!(vnd_raw_node(3), "/dev/rvnd3d");
         assert_eq!(parse_vnd_node("/dev/vnd3d"), Some(3));
         assert_eq!(parse_vnd_node(&vnd_node(12)), Some(12));
+        // pkgsrc's spelling.
+        assert_eq!(parse_vnd_node("vnd3"), Some(3));
+        assert_eq!(parse_vnd_node("vnd12"), Some(12));
         for bad in [
             "vnd3d",
             "/dev/vnd3",
@@ -331,6 +339,13 @@ mod tests {
             "/dev/vnd3a",
             "/dev/vndd",
             "/dev/vnd03d",
+            "vnd",
+            "vnd03",
+            "vnd3a",
+            "rvnd3",
+            "dev/vnd3d",
+            " vnd3",
+            "vnd-1",
         ] {
             assert_eq!(parse_vnd_node(bad), None, "{bad:?}");
         }
