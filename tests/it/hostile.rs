@@ -170,12 +170,14 @@ impl Fx {
         }
         self.xs.rm("backend/vbd/notanumber");
         if let Some((fifo, h)) = self.fifo_writer.borrow_mut().take() {
-            // Release the writer ourselves.
-            let _ = fs::OpenOptions::new()
+            // Release the writer ourselves: a read end held open until it has finished, so
+            // a writer that reaches open(2) only now (a loaded machine) finds it too.
+            let reader = fs::OpenOptions::new()
                 .read(true)
                 .custom_flags_nonblock()
                 .open(&fifo);
             h.join().unwrap();
+            drop(reader);
         }
         self.extra_loops.borrow_mut().clear();
     }
