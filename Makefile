@@ -6,6 +6,8 @@
 #   make test            install test prerequisites, then lints, cargo tests and bats tests
 #   make demo            a private oxenstored, an image file, block add, block remove
 #   make e2e             real Xen + dom0 under qemu (TCG), attaching disks through us
+#                        (XEN=4.17: Debian 12, the default; XEN=4.20: Debian 13)
+#   make e2e-latency     xl block-attach + detach in that real Xen, ours vs Debian's block
 #   make bench           speed and memory against Debian's upstream scripts
 #   make stress          storms, kills and hostile input at large sizes, with figures
 #   make fuzz            every cargo-fuzz target for FUZZ_SECS (600) seconds
@@ -20,8 +22,10 @@ CARGO ?= cargo
 BIN := target/release/xen-block-hotplug
 FUZZ_SECS ?= 600
 FUZZ_SMOKE_SECS ?= 4
+# Xen (and Debian release) of `make e2e`: 4.17 = Debian 12, 4.20 = Debian 13 (tests/e2e/README.md)
+XEN ?= 4.17
 
-.PHONY: all build install uninstall test test-deps lint cargo-test bats fuzz-smoke demo e2e bench clean \
+.PHONY: all build install uninstall test test-deps lint cargo-test bats fuzz-smoke demo e2e e2e-latency bench clean \
 	stress fuzz
 
 all: build
@@ -87,7 +91,14 @@ demo:
 
 e2e:
 	$(MAKE) install DESTDIR=$(CURDIR)/target/e2e-install OS=Linux
-	tests/e2e/run.sh --install-tree $(CURDIR)/target/e2e-install
+	tests/e2e/run.sh --install-tree $(CURDIR)/target/e2e-install --xen $(XEN)
+
+# Not in CI: several minutes per Xen version under TCG. Writes its section of BENCHMARKS.md.
+e2e-latency:
+	$(MAKE) install DESTDIR=$(CURDIR)/target/e2e-install OS=Linux
+	tests/e2e/run.sh --install-tree $(CURDIR)/target/e2e-install --xen $(XEN) \
+		--only latency,leftovers --log $(CURDIR)/target/e2e-latency-$(XEN).log
+	python3 tests/e2e/e2e_tools.py latency-md $(CURDIR)/target/e2e-latency-$(XEN).log $(XEN) BENCHMARKS.md
 
 bench:
 	tests/support/install-deps

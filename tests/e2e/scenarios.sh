@@ -7,7 +7,9 @@
 # Everything else is diagnostics. A scenario is PASS only if every check in it
 # ran and held; any failed or unrunnable check makes it FAIL.
 set -u
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# one /usr/lib/xen-<version>/bin: 4.17 (Debian 12) or 4.20 (Debian 13)
+PATH=$(echo /usr/lib/xen-*/bin | tr ' ' ':'):/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
 export LANG=C
 # shellcheck disable=SC1091
 [ -r /e2e/config.sh ] && . /e2e/config.sh
@@ -820,8 +822,121 @@ EOF
 	finish
 }
 
+# ---------------------------------------------------------------- attach latency
+# Not in the default set: `--only latency,leftovers` (make e2e-latency). What a user waits for:
+# `xl block-attach` + `xl block-detach` of a phy loop device to dom0, through our `block` and
+# through Debian's shell `block` (installed as block-upstream), with N other guests' vbds in
+# xenstore populated as bench/run populates them (one vbd per guest with the nodes libxl
+# writes, all with physical-device, every second also with physical-device-path to a block
+# device node, every fourth mode r, each domain with its vm). The fake guests' domids start
+# at 1001, clear of real guests. Prints one E2E-LATENCY line per sample; e2e_tools.py
+# latency-md makes the BENCHMARKS.md table from them.
+LAT_ROUNDS=${E2E_LAT_ROUNDS:-5}
+LAT_SIZES=${E2E_LAT_SIZES:-0 200}
+LAT_BASE=1000
+LAT_POP=0
+# lat_populate N: make exactly N fake guests (adds or removes the difference)
+lat_populate() {
+	local n=$1 d be fe major args
+	mkdir -p /tmp/xbench
+	d=$((LAT_POP + 1))
+	while [ $d -le "$n" ]; do
+		be=/local/domain/0/backend/vbd/$((LAT_BASE + d))/51712
+		fe=/local/domain/$((LAT_BASE + d))/device/vbd/51712
+		if [ $((d % 2)) = 1 ]; then major=fd; else major=fe; fi
+		args=(/local/domain/$((LAT_BASE + d))/vm "/vm/00000000-0000-4000-8000-$(printf '%012d' $((LAT_BASE + d)))"
+			/local/domain/$((LAT_BASE + d))/name "guest$((LAT_BASE + d))"
+			/local/domain/$((LAT_BASE + d))/domid $((LAT_BASE + d))
+			"$fe/backend" "$be" "$fe/backend-id" 0 "$fe/state" 4
+			"$be/frontend" "$fe" "$be/frontend-id" $((LAT_BASE + d)) "$be/params" "/dev/xbench/d$d"
+			"$be/script" /etc/xen/scripts/block "$be/online" 1 "$be/removable" 0 "$be/bootable" 1
+			"$be/state" 4 "$be/dev" xvda "$be/type" phy "$be/mode" "$([ $((d % 4)) = 0 ] && echo r || echo w)"
+			"$be/device-type" disk "$be/discard-enable" 1
+			"$be/physical-device" "$(printf '%x:%x' $((0x$major)) $((LAT_BASE + d)))"
+			"$be/hotplug-status" connected)
+		if [ $((d % 2)) = 0 ]; then
+			[ -e "/tmp/xbench/d$d" ] || mknod "/tmp/xbench/d$d" b $((0x$major)) $((LAT_BASE + d))
+			args+=("$be/physical-device-path" "/tmp/xbench/d$d")
+		fi
+		xenstore-write "${args[@]}" || return 1
+		d=$((d + 1))
+	done
+	d=$((n + 1))
+	while [ $d -le "$LAT_POP" ]; do
+		xenstore-rm "/local/domain/0/backend/vbd/$((LAT_BASE + d))" "/local/domain/$((LAT_BASE + d))" || return 1
+		d=$((d + 1))
+	done
+	LAT_POP=$n
+	[ "$(xenstore-list /local/domain/0/backend/vbd 2>/dev/null | grep -c '^1[0-9][0-9][0-9]$')" = "$n" ]
+}
+# us: wall clock in microseconds (bash's EPOCHREALTIME)
+us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
+# lat_once N WHO SCRIPT LOOP ROUND: one timed attach + detach, checked outside the timing
+lat_once() {
+	local n=$1 who=$2 script=$3 loop=$4 round=$5 be t0 t1 t2 pd mm
+	be=$(be_path 0 xvdb)
+	t0=$(us)
+	if ! timeout -s KILL 120 xl block-attach 0 "format=raw, vdev=xvdb, access=rw, script=$script, target=$loop" >/tmp/lat.out 2>&1; then
+		sed 's/^/  xl| /' /tmp/lat.out
+		bad "N=$n $who round $round: xl block-attach failed"
+		return 1
+	fi
+	t1=$(us)
+	pd=$(xsr "$be/physical-device")
+	mm=$(stat -L -c '%t:%T' "$loop")
+	if ! timeout -s KILL 120 xl block-detach 0 xvdb >/tmp/lat.out 2>&1; then
+		sed 's/^/  xl| /' /tmp/lat.out
+		bad "N=$n $who round $round: xl block-detach failed"
+		return 1
+	fi
+	t2=$(us)
+	[ "$pd" = "$mm" ] || bad "N=$n $who round $round: physical-device '$pd', expected $mm"
+	wait_until 10 xs_absent "$be" || bad "N=$n $who round $round: backend left after detach"
+	log "E2E-LATENCY n=$n script=$who round=$round attach_us=$((t1 - t0)) detach_us=$((t2 - t1))"
+}
+
+sc_latency() {
+	begin latency "xl block-attach + block-detach timed: ours vs Debian's block, N other guests' vbds"
+	local img loop n i who
+	if [ ! -x $SCRIPTS/block-upstream ]; then
+		bad "$SCRIPTS/block-upstream missing"
+		finish
+		return
+	fi
+	img=$(mkimg lat 16)
+	loop=$(losetup -f --show "$img")
+	for n in $LAT_SIZES; do
+		if ! lat_populate "$n"; then
+			bad "could not populate $n other guests' vbds"
+			break
+		fi
+		log "  N=$n: $(xenstore-list /local/domain/0/backend/vbd 2>/dev/null | grep -c .) vbd backends in xenstore"
+		i=1
+		while [ $i -le "$LAT_ROUNDS" ]; do
+			# alternate which script goes first, as bench/run does
+			if [ $((i % 2)) = 1 ]; then set -- ours:block debian:block-upstream; else set -- debian:block-upstream ours:block; fi
+			for who in "$@"; do
+				lat_once "$n" "${who%%:*}" "${who#*:}" "$loop" "$i"
+			done
+			i=$((i + 1))
+		done
+	done
+	lat_populate 0 || bad "could not remove the fake guests"
+	rm -rf /tmp/xbench
+	ok "phy remove left the caller's $loop attached" eq "$(loops_of "$img")" "$loop"
+	losetup -d "$loop" 2>/dev/null
+	rm -f "$img"
+	finish
+}
+
 # ================================================================ main
 log "E2E-SCENARIOS start mode=${E2E_MODE:-?} only=${E2E_ONLY:-all}"
+# the Xen version dom0 runs, as the hypervisor reports it (run.sh prints it and checks it is
+# the one asked for)
+XL_INFO=$(xl info 2>&1)
+log "E2E-XEN-VERSION $(printf '%s\n' "$XL_INFO" | awk -F' *: *' '$1 == "xen_major" {M = $2} $1 == "xen_minor" {m = $2}
+	$1 == "xen_extra" {e = $2} END {print M "." m e}') (asked for ${E2E_XEN:-?}; dom0 kernel $(uname -r))"
+printf '%s\n' "$XL_INFO" | grep -E '^(release|xen_version|xen_caps|xen_commandline|cc_compiler) ' | sed 's/^/  xl-info| /'
 log "scripts in $SCRIPTS:"
 ls -l $SCRIPTS | sed 's/^/  /'
 log "xenstore /local/domain/0:"
@@ -839,6 +954,13 @@ for sc in phy-rw file-rw file-ro share-phy share-file share-ro guest-pv upstream
 		xenstore-exists "$(be_path 0 $v)" 2>/dev/null && xl block-detach 0 $v >/dev/null 2>&1
 	done
 done
+
+# only when asked for by name (make e2e-latency): several minutes under TCG
+if [ -n "$E2E_ONLY" ] && wanted latency; then
+	t=$(date +%s)
+	sc_latency
+	log "  (latency took $(($(date +%s) - t)) s)"
+fi
 
 if wanted leftovers; then
 	begin leftovers "after all scenarios: no loop devices, no vbd backends, no guests"
