@@ -206,7 +206,11 @@ def latency_md(log, xen, md):
                          r"detach_us=(\d+)", text, re.M):
         n, who = int(m.group(1)), m.group(2)
         samples.setdefault(n, {}).setdefault(who, []).append((int(m.group(4)), int(m.group(5))))
-    if not samples:
+    failed = {}
+    for m in re.finditer(r"^E2E-LATENCY-FAILED n=(\d+) script=(\w+) round=(\d+) after_us=(\d+)",
+                         text, re.M):
+        failed.setdefault(int(m.group(1)), {}).setdefault(m.group(2), []).append(int(m.group(4)))
+    if not samples and not failed:
         sys.exit("e2e_tools: no E2E-LATENCY lines in %s" % log)
     seen = re.search(r"^E2E-XEN-VERSION (\S+).*dom0 kernel (\S+)\)", text, re.M)
     ver, kernel = (seen.group(1), seen.group(2)) if seen else ("?", "?")
@@ -225,23 +229,40 @@ def latency_md(log, xen, md):
            "### Xen %s (%s), dom0 kernel %s, %s" % (
                ver, deb, kernel, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())),
            "",
-           "Host: %d CPUs shared with other jobs, 1-minute load %s when the table was written; "
+           "Host: %d CPUs shared with other jobs, 1-minute load average %s when the table was written; "
            "qemu TCG, 2 vCPUs, dom0 512 MiB." % (os.cpu_count(), load),
            "",
            "| N | rounds | ours attach s | ours detach s | ours attach+detach s | Debian attach s "
            "| Debian detach s | Debian attach+detach s | Debian/ours |",
            "|---|---|---|---|---|---|---|---|---|"]
-    for n in sorted(samples):
-        o = samples[n].get("ours", [])
-        d = samples[n].get("debian", [])
-        if not o or not d:
-            sys.exit("e2e_tools: N=%d lacks samples of ours or Debian's" % n)
-        ot = [a + b for a, b in o]
-        dt = [a + b for a, b in d]
-        out.append("| %d | %d / %d | %s | %s | %s | %s | %s | %s | **%.1fx** |" % (
-            n, len(o), len(d), cell([a for a, _ in o]), cell([b for _, b in o]), cell(ot),
-            cell([a for a, _ in d]), cell([b for _, b in d]), cell(dt),
-            statistics.median(dt) / statistics.median(ot)))
+    def cells(xs):
+        if not xs:
+            return ["-", "-", "-"]
+        return [cell([a for a, _ in xs]), cell([b for _, b in xs]), cell([a + b for a, b in xs])]
+
+    notes = []
+    for n in sorted(set(samples) | set(failed)):
+        o = samples.get(n, {}).get("ours", [])
+        d = samples.get(n, {}).get("debian", [])
+        fo = failed.get(n, {}).get("ours", [])
+        fd = failed.get(n, {}).get("debian", [])
+        if o and d:
+            ratio = "**%.1fx**" % (statistics.median([a + b for a, b in d]) /
+                                   statistics.median([a + b for a, b in o]))
+        else:
+            ratio = "-"
+        out.append("| %d | %s / %s | %s | %s | %s |" % (
+            n, len(o) if not fo else "%d (+%d failed)" % (len(o), len(fo)),
+            len(d) if not fd else "%d (+%d failed)" % (len(d), len(fd)),
+            " | ".join(cells(o)), " | ".join(cells(d)), ratio))
+        for who, fs in (("ours", fo), ("Debian's", fd)):
+            if fs:
+                notes.append("N=%d: %d attach(es) through %s `block` failed, after %s s (libxl kills "
+                             "a hotplug script after 40 s); not in the medians." % (
+                                 n, len(fs), who, ", ".join(sec(x) for x in fs)))
+    if notes:
+        out.append("")
+        out.extend("* " + x for x in notes)
     out.append("<!-- e2e-latency xen=%s end -->" % xen)
     block = "\n".join(out)
 

@@ -877,8 +877,13 @@ lat_once() {
 	be=$(be_path 0 xvdb)
 	t0=$(us)
 	if ! timeout -s KILL 120 xl block-attach 0 "format=raw, vdev=xvdb, access=rw, script=$script, target=$loop" >/tmp/lat.out 2>&1; then
+		t1=$(us)
 		sed 's/^/  xl| /' /tmp/lat.out
 		bad "N=$n $who round $round: xl block-attach failed"
+		# a failed sample is data too (libxl's 40 s hotplug timeout): the table counts it
+		log "E2E-LATENCY-FAILED n=$n script=$who round=$round after_us=$((t1 - t0))"
+		xl block-detach 0 xvdb >/dev/null 2>&1
+		xenstore-rm "$be" "$(fe_path 0 xvdb)" 2>/dev/null
 		return 1
 	fi
 	t1=$(us)
