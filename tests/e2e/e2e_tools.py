@@ -210,6 +210,10 @@ def latency_md(log, xen, md):
     for m in re.finditer(r"^E2E-LATENCY-FAILED n=(\d+) script=(\w+) round=(\d+) after_us=(\d+)",
                          text, re.M):
         failed.setdefault(int(m.group(1)), {}).setdefault(m.group(2), []).append(int(m.group(4)))
+    orphans = {}
+    for m in re.finditer(r"^E2E-LATENCY-ORPHAN n=(\d+) script=(\w+) round=\d+ "
+                         r"lock_busy_after_kill_us=(\d+)", text, re.M):
+        orphans.setdefault((int(m.group(1)), m.group(2)), []).append(int(m.group(3)))
     if not samples and not failed:
         sys.exit("e2e_tools: no E2E-LATENCY lines in %s" % log)
     seen = re.search(r"^E2E-XEN-VERSION (\S+).*dom0 kernel (\S+)\)", text, re.M)
@@ -257,9 +261,16 @@ def latency_md(log, xen, md):
             " | ".join(cells(o)), " | ".join(cells(d)), ratio))
         for who, fs in (("ours", fo), ("Debian's", fd)):
             if fs:
-                notes.append("N=%d: %d attach(es) through %s `block` failed, after %s s (libxl kills "
-                             "a hotplug script after 40 s); not in the medians." % (
-                                 n, len(fs), who, ", ".join(sec(x) for x in fs)))
+                key = (n, "ours" if who == "ours" else "debian")
+                held = orphans.get(key, [])
+                notes.append("N=%d: %d attach(es) through %s `block` failed, after %s s (libxl's message in the "
+                             "serial log: its 40 s hotplug timeout, or the script's own error); "
+                             "not in the medians.%s" % (
+                                 n, len(fs), who, ", ".join(sec(x) for x in fs),
+                                 (" After each kill the block lock stayed held for another %s s "
+                                  "(the killed script's orphaned subshell); the next sample waited "
+                                  "for it, untimed." % ", ".join(sec(x) for x in held))
+                                 if held else ""))
     if notes:
         out.append("")
         out.extend("* " + x for x in notes)

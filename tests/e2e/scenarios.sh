@@ -869,6 +869,25 @@ lat_populate() {
 	LAT_POP=$n
 	[ "$(xenstore-list /local/domain/0/backend/vbd 2>/dev/null | grep -c '^1[0-9][0-9][0-9]$')" = "$n" ]
 }
+# lat_settle N WHO ROUND: after libxl killed a script at its 40 s timeout, wait (untimed)
+# until nothing holds the block lock any more, so the next sample does not pay for it.
+# libxl kills only the script's own process: Debian's `block` runs its sharing check in a
+# command substitution, a subshell that inherited the locked fd and goes on walking every
+# vbd after its parent is gone. How long it held on is logged (E2E-LATENCY-ORPHAN), and the
+# lock file the killed script never removed is removed once free.
+LOCKFILE=/var/run/xen-hotplug/block
+lat_settle() {
+	local t0 t1 i=0
+	t0=$(us)
+	while [ -e $LOCKFILE ] && ! flock -n $LOCKFILE true 2>/dev/null && [ $i -lt 600 ]; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	t1=$(us)
+	log "E2E-LATENCY-ORPHAN n=$1 script=$2 round=$3 lock_busy_after_kill_us=$((t1 - t0))"
+	flock -n $LOCKFILE rm -f $LOCKFILE 2>/dev/null
+	return 0
+}
 # us: wall clock in microseconds (bash's EPOCHREALTIME)
 us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
 # lat_once N WHO SCRIPT LOOP ROUND: one timed attach + detach, checked outside the timing
@@ -884,6 +903,7 @@ lat_once() {
 		log "E2E-LATENCY-FAILED n=$n script=$who round=$round after_us=$((t1 - t0))"
 		xl block-detach 0 xvdb >/dev/null 2>&1
 		xenstore-rm "$be" "$(fe_path 0 xvdb)" 2>/dev/null
+		lat_settle "$n" "$who" "$round"
 		return 1
 	fi
 	t1=$(us)
