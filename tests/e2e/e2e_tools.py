@@ -265,8 +265,10 @@ def latency_md(log, xen, md):
                 held = orphans.get(key, [])
                 notes.append("N=%d: %d attach(es) through %s `block` failed, after %s s (libxl's message in the "
                              "serial log: its 40 s hotplug timeout, or the script's own error); "
-                             "not in the medians.%s" % (
+                             "not in the medians%s.%s" % (
                                  n, len(fs), who, ", ".join(sec(x) for x in fs),
+                                 "" if who == "ours" else
+                                 " (they are its slowest, so Debian/ours understates the ratio)",
                                  (" After each kill the block lock stayed held for another %s s "
                                   "(the killed script's orphaned subshell); the next sample waited "
                                   "for it, untimed." % ", ".join(sec(x) for x in held))
