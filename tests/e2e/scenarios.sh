@@ -837,28 +837,34 @@ LAT_BASE=1000
 LAT_POP=0
 # lat_populate N: make exactly N fake guests (adds or removes the difference)
 lat_populate() {
-	local n=$1 d be fe major args
+	local n=$1 d id be fe major mode vm pd args=()
 	mkdir -p /tmp/xbench
+	# printf -v and arithmetic, no $(...): every fork costs under TCG; one xenstore-write
+	# per 20 guests
 	d=$((LAT_POP + 1))
 	while [ $d -le "$n" ]; do
-		be=/local/domain/0/backend/vbd/$((LAT_BASE + d))/51712
-		fe=/local/domain/$((LAT_BASE + d))/device/vbd/51712
-		if [ $((d % 2)) = 1 ]; then major=fd; else major=fe; fi
-		args=(/local/domain/$((LAT_BASE + d))/vm "/vm/00000000-0000-4000-8000-$(printf '%012d' $((LAT_BASE + d)))"
-			/local/domain/$((LAT_BASE + d))/name "guest$((LAT_BASE + d))"
-			/local/domain/$((LAT_BASE + d))/domid $((LAT_BASE + d))
+		id=$((LAT_BASE + d))
+		be=/local/domain/0/backend/vbd/$id/51712
+		fe=/local/domain/$id/device/vbd/51712
+		if ((d % 2)); then major=253; else major=254; fi
+		if ((d % 4)); then mode=w; else mode=r; fi
+		printf -v vm '/vm/00000000-0000-4000-8000-%012d' $id
+		printf -v pd '%x:%x' $major $id
+		args+=(/local/domain/$id/vm "$vm" /local/domain/$id/name "guest$id" /local/domain/$id/domid $id
 			"$fe/backend" "$be" "$fe/backend-id" 0 "$fe/state" 4
-			"$be/frontend" "$fe" "$be/frontend-id" $((LAT_BASE + d)) "$be/params" "/dev/xbench/d$d"
+			"$be/frontend" "$fe" "$be/frontend-id" $id "$be/params" "/dev/xbench/d$d"
 			"$be/script" /etc/xen/scripts/block "$be/online" 1 "$be/removable" 0 "$be/bootable" 1
-			"$be/state" 4 "$be/dev" xvda "$be/type" phy "$be/mode" "$([ $((d % 4)) = 0 ] && echo r || echo w)"
-			"$be/device-type" disk "$be/discard-enable" 1
-			"$be/physical-device" "$(printf '%x:%x' $((0x$major)) $((LAT_BASE + d)))"
+			"$be/state" 4 "$be/dev" xvda "$be/type" phy "$be/mode" $mode
+			"$be/device-type" disk "$be/discard-enable" 1 "$be/physical-device" "$pd"
 			"$be/hotplug-status" connected)
-		if [ $((d % 2)) = 0 ]; then
-			[ -e "/tmp/xbench/d$d" ] || mknod "/tmp/xbench/d$d" b $((0x$major)) $((LAT_BASE + d))
+		if ! ((d % 2)); then
+			[ -e "/tmp/xbench/d$d" ] || mknod "/tmp/xbench/d$d" b $major $id
 			args+=("$be/physical-device-path" "/tmp/xbench/d$d")
 		fi
-		xenstore-write "${args[@]}" || return 1
+		if ((d % 20 == 0 || d == n)); then
+			xenstore-write "${args[@]}" || return 1
+			args=()
+		fi
 		d=$((d + 1))
 	done
 	d=$((n + 1))
