@@ -98,7 +98,7 @@ e2e-latency:
 	$(MAKE) install DESTDIR=$(CURDIR)/target/e2e-install OS=Linux
 	@# exit 1 = some sample failed (e.g. libxl's 40 s timeout): the table still records it
 	rc=0; tests/e2e/run.sh --install-tree $(CURDIR)/target/e2e-install --xen $(XEN) \
-		--only latency,leftovers --timeout 1500 --log $(CURDIR)/target/e2e-latency-$(XEN).log || rc=$$?; \
+		--only latency,leftovers --timeout 3000 --log $(CURDIR)/target/e2e-latency-$(XEN).log || rc=$$?; \
 	if [ $$rc -le 1 ]; then python3 tests/e2e/e2e_tools.py latency-md \
 		$(CURDIR)/target/e2e-latency-$(XEN).log $(XEN) BENCHMARKS.md || rc=3; fi; exit $$rc
 
