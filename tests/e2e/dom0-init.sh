@@ -3,7 +3,8 @@
 # Brings up the Xen userspace (xenstored, xen-init-dom0, xenconsoled), runs
 # /e2e/scenarios.sh, then powers the machine off. Everything it prints goes to
 # hvc0, which Xen forwards to the serial log that run.sh parses.
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# one /usr/lib/xen-<version>/bin: 4.17 (Debian 12) or 4.20 (Debian 13)
+export PATH=$(echo /usr/lib/xen-*/bin | tr ' ' ':'):/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C
 
 mount -t proc proc /proc

@@ -7,7 +7,9 @@
 # Everything else is diagnostics. A scenario is PASS only if every check in it
 # ran and held; any failed or unrunnable check makes it FAIL.
 set -u
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# one /usr/lib/xen-<version>/bin: 4.17 (Debian 12) or 4.20 (Debian 13)
+PATH=$(echo /usr/lib/xen-*/bin | tr ' ' ':'):/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
 export LANG=C
 # shellcheck disable=SC1091
 [ -r /e2e/config.sh ] && . /e2e/config.sh
@@ -823,9 +825,163 @@ EOF
 # driver-domain scenarios (driver-*): driver-scenarios.sh
 # shellcheck disable=SC1091
 [ -r /e2e/driver-scenarios.sh ] && . /e2e/driver-scenarios.sh
+# ---------------------------------------------------------------- attach latency
+# Not in the default set: `--only latency,leftovers` (make e2e-latency). What a user waits for:
+# `xl block-attach` + `xl block-detach` of a phy loop device to dom0, through our `block` and
+# through Debian's shell `block` (installed as block-upstream), with N other guests' vbds in
+# xenstore populated as bench/run populates them (one vbd per guest with the nodes libxl
+# writes, all with physical-device, every second also with physical-device-path to a block
+# device node, every fourth mode r, each domain with its vm). The fake guests' domids start
+# at 1001, clear of real guests. Prints one E2E-LATENCY line per sample; e2e_tools.py
+# latency-md makes the BENCHMARKS.md table from them.
+LAT_ROUNDS=${E2E_LAT_ROUNDS:-5}
+LAT_SIZES=${E2E_LAT_SIZES:-0 200}
+LAT_BASE=1000
+LAT_POP=0
+# lat_populate N: make exactly N fake guests (adds or removes the difference)
+lat_populate() {
+	local n=$1 d id be fe major mode vm pd args=()
+	mkdir -p /tmp/xbench
+	# printf -v and arithmetic, no $(...): every fork costs under TCG; one xenstore-write
+	# per 20 guests
+	d=$((LAT_POP + 1))
+	while [ $d -le "$n" ]; do
+		id=$((LAT_BASE + d))
+		be=/local/domain/0/backend/vbd/$id/51712
+		fe=/local/domain/$id/device/vbd/51712
+		if ((d % 2)); then major=253; else major=254; fi
+		if ((d % 4)); then mode=w; else mode=r; fi
+		printf -v vm '/vm/00000000-0000-4000-8000-%012d' $id
+		printf -v pd '%x:%x' $major $id
+		args+=(/local/domain/$id/vm "$vm" /local/domain/$id/name "guest$id" /local/domain/$id/domid $id
+			"$fe/backend" "$be" "$fe/backend-id" 0 "$fe/state" 4
+			"$be/frontend" "$fe" "$be/frontend-id" $id "$be/params" "/dev/xbench/d$d"
+			"$be/script" /etc/xen/scripts/block "$be/online" 1 "$be/removable" 0 "$be/bootable" 1
+			"$be/state" 4 "$be/dev" xvda "$be/type" phy "$be/mode" $mode
+			"$be/device-type" disk "$be/discard-enable" 1 "$be/physical-device" "$pd"
+			"$be/hotplug-status" connected)
+		if ! ((d % 2)); then
+			[ -e "/tmp/xbench/d$d" ] || mknod "/tmp/xbench/d$d" b $major $id
+			args+=("$be/physical-device-path" "/tmp/xbench/d$d")
+		fi
+		if ((d % 20 == 0 || d == n)); then
+			xenstore-write "${args[@]}" || return 1
+			args=()
+		fi
+		d=$((d + 1))
+	done
+	d=$((n + 1))
+	while [ $d -le "$LAT_POP" ]; do
+		xenstore-rm "/local/domain/0/backend/vbd/$((LAT_BASE + d))" "/local/domain/$((LAT_BASE + d))" || return 1
+		d=$((d + 1))
+	done
+	LAT_POP=$n
+	[ "$(xenstore-list /local/domain/0/backend/vbd 2>/dev/null | grep -c '^1[0-9][0-9][0-9]$')" = "$n" ]
+}
+# lat_settle N WHO ROUND: after libxl killed a script at its 40 s timeout, wait (untimed)
+# until nothing holds the block lock any more, so the next sample does not pay for it.
+# libxl kills only the script's own process: Debian's `block` runs its sharing check in a
+# command substitution, a subshell that inherited the locked fd and goes on walking every
+# vbd after its parent is gone. How long it held on is logged (E2E-LATENCY-ORPHAN), and the
+# lock file the killed script never removed is removed once free.
+LOCKFILE=/var/run/xen-hotplug/block
+lat_busy() { [ -e $LOCKFILE ] && ! flock -n $LOCKFILE true 2>/dev/null; }
+lat_settle() {
+	local t0 t1 i=0 p killed=""
+	t0=$(us)
+	while lat_busy && [ $i -lt 120 ]; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	# at N=200 under TCG the orphan walks the vbds for many minutes: after 60 s, end the
+	# killed script's remnants (processes running block-upstream), by PID
+	if lat_busy; then
+		for p in /proc/[0-9]*; do
+			case $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) in
+			*block-upstream*) kill -9 "${p#/proc/}" 2>/dev/null && killed="$killed ${p#/proc/}" ;;
+			esac
+		done
+		wait_until 10 eval '! lat_busy'
+	fi
+	t1=$(us)
+	log "E2E-LATENCY-ORPHAN n=$1 script=$2 round=$3 lock_busy_after_kill_us=$((t1 - t0))${killed:+ killed=${killed# }}"
+	flock -n $LOCKFILE rm -f $LOCKFILE 2>/dev/null
+	return 0
+}
+# us: wall clock in microseconds (bash's EPOCHREALTIME)
+us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
+# lat_once N WHO SCRIPT LOOP ROUND: one timed attach + detach, checked outside the timing
+lat_once() {
+	local n=$1 who=$2 script=$3 loop=$4 round=$5 be t0 t1 t2 pd mm
+	be=$(be_path 0 xvdb)
+	t0=$(us)
+	if ! timeout -s KILL 120 xl block-attach 0 "format=raw, vdev=xvdb, access=rw, script=$script, target=$loop" >/tmp/lat.out 2>&1; then
+		t1=$(us)
+		sed 's/^/  xl| /' /tmp/lat.out
+		bad "N=$n $who round $round: xl block-attach failed"
+		# a failed sample is data too (libxl's 40 s hotplug timeout): the table counts it
+		log "E2E-LATENCY-FAILED n=$n script=$who round=$round after_us=$((t1 - t0))"
+		xl block-detach 0 xvdb >/dev/null 2>&1
+		xenstore-rm "$be" "$(fe_path 0 xvdb)" 2>/dev/null
+		lat_settle "$n" "$who" "$round"
+		return 1
+	fi
+	t1=$(us)
+	pd=$(xsr "$be/physical-device")
+	mm=$(stat -L -c '%t:%T' "$loop")
+	if ! timeout -s KILL 120 xl block-detach 0 xvdb >/tmp/lat.out 2>&1; then
+		sed 's/^/  xl| /' /tmp/lat.out
+		bad "N=$n $who round $round: xl block-detach failed"
+		return 1
+	fi
+	t2=$(us)
+	[ "$pd" = "$mm" ] || bad "N=$n $who round $round: physical-device '$pd', expected $mm"
+	wait_until 10 xs_absent "$be" || bad "N=$n $who round $round: backend left after detach"
+	log "E2E-LATENCY n=$n script=$who round=$round attach_us=$((t1 - t0)) detach_us=$((t2 - t1))"
+}
+
+sc_latency() {
+	begin latency "xl block-attach + block-detach timed: ours vs Debian's block, N other guests' vbds"
+	local img loop n i who
+	if [ ! -x $SCRIPTS/block-upstream ]; then
+		bad "$SCRIPTS/block-upstream missing"
+		finish
+		return
+	fi
+	img=$(mkimg lat 16)
+	loop=$(losetup -f --show "$img")
+	for n in $LAT_SIZES; do
+		if ! lat_populate "$n"; then
+			bad "could not populate $n other guests' vbds"
+			break
+		fi
+		log "  N=$n: $(xenstore-list /local/domain/0/backend/vbd 2>/dev/null | grep -c .) vbd backends in xenstore"
+		i=1
+		while [ $i -le "$LAT_ROUNDS" ]; do
+			# alternate which script goes first, as bench/run does
+			if [ $((i % 2)) = 1 ]; then set -- ours:block debian:block-upstream; else set -- debian:block-upstream ours:block; fi
+			for who in "$@"; do
+				lat_once "$n" "${who%%:*}" "${who#*:}" "$loop" "$i"
+			done
+			i=$((i + 1))
+		done
+	done
+	lat_populate 0 || bad "could not remove the fake guests"
+	rm -rf /tmp/xbench
+	ok "phy remove left the caller's $loop attached" eq "$(loops_of "$img")" "$loop"
+	losetup -d "$loop" 2>/dev/null
+	rm -f "$img"
+	finish
+}
 
 # ================================================================ main
 log "E2E-SCENARIOS start mode=${E2E_MODE:-?} only=${E2E_ONLY:-all}"
+# the Xen version dom0 runs, as the hypervisor reports it (run.sh prints it and checks it is
+# the one asked for)
+XL_INFO=$(xl info 2>&1)
+log "E2E-XEN-VERSION $(printf '%s\n' "$XL_INFO" | awk -F' *: *' '$1 == "xen_major" {M = $2} $1 == "xen_minor" {m = $2}
+	$1 == "xen_extra" {e = $2} END {print M "." m e}') (asked for ${E2E_XEN:-?}; dom0 kernel $(uname -r))"
+printf '%s\n' "$XL_INFO" | grep -E '^(release|xen_version|xen_caps|xen_commandline|cc_compiler) ' | sed 's/^/  xl-info| /'
 log "scripts in $SCRIPTS:"
 ls -l $SCRIPTS | sed 's/^/  /'
 log "xenstore /local/domain/0:"
@@ -844,6 +1000,12 @@ for sc in phy-rw file-rw file-ro share-phy share-file share-ro guest-pv upstream
 	done
 done
 
+# only when asked for by name (make e2e-latency): several minutes under TCG
+if [ -n "$E2E_ONLY" ] && wanted latency; then
+	t=$(date +%s)
+	sc_latency
+	log "  (latency took $(($(date +%s) - t)) s)"
+fi
 # the driver domain must be gone before the leftovers check
 declare -F dd_down >/dev/null && dd_down
 
