@@ -171,8 +171,11 @@ EOF
 			ppdp=$DD_PDP
 			if [ -n "$fpdp" ]; then
 				dd_run "put $fpdp 1 E2E-GO-DOWN" || bad "could not signal the guest"
+				ok "guest powers off and is destroyed" wait_until 120 dom_gone e2e-ddg
+			else
+				# no disk to signal through: do not wait for the guest to give up
+				ok "xl destroy e2e-ddg" xlrun destroy e2e-ddg
 			fi
-			ok "guest powers off and is destroyed" wait_until 120 dom_gone e2e-ddg
 			ok "both backends removed (remove ran in $DD_NAME)" \
 				wait_until 30 xs_absent "/local/domain/$DD_ID/backend/vbd/$domid"
 			[ -z "$fpdp" ] || ok "file: marker in the image, its loop device freed" \
