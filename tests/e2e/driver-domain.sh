@@ -17,6 +17,8 @@ dd_put() {
 
 build_driver_domain() {
 	local D=$WORK/dd P=$WORK/dd-payload f xendir lib
+	# not needed when --only names no driver scenario
+	case ",$ONLY," in ,, | *,driver-*) ;; *) return 0 ;; esac
 	rm -rf "$D" "$P"
 	mkdir -p "$D"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,usr/lib64,etc/xen,proc,sys,dev,run,tmp,root,srv,var/log,var/lib/xen,lib/modules/e2e}
 	ln -s usr/bin "$D/bin"
@@ -39,12 +41,14 @@ build_driver_domain() {
 	cp "$R/etc/xen/xl.conf" "$D/etc/xen/"
 	# the tree under test, symlinks preserved (/etc/xen/scripts/block -> our binary)
 	cp -a "$TREE/." "$D/"
-	# libraries: what ldd says the dynamic executables need, resolved in the dom0 tree
-	# (which has every library of these tools), plus libgcc_s.so.1 that glibc dlopens
+	# libraries: what the tree's own loader ($LDSO, run.sh: the suite's, since trixie's
+	# glibc is newer than the host's) says the dynamic executables need, resolved in the
+	# dom0 tree (which has every library of these tools), plus libgcc_s.so.1 that glibc
+	# dlopens
 	while IFS= read -r -d '' f; do
 		is_elf "$f" || continue
-		# static executables make ldd fail: nothing to copy for them
-		{ LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu ldd "$f" 2>/dev/null || true; } |
+		# static executables make the loader refuse: nothing to copy for them
+		{ LD_LIBRARY_PATH=$R/usr/lib/x86_64-linux-gnu "$LDSO" --list "$f" 2>/dev/null || true; } |
 			sed -n 's/.*=> \(\/[^ ]*\) (.*/\1/p'
 	done < <(find "$D" -type f -print0) | sort -u | while read -r lib; do
 		cp -L "$R/usr/lib/x86_64-linux-gnu/${lib##*/}" "$D/usr/lib/x86_64-linux-gnu/" 2>/dev/null ||
