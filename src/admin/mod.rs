@@ -278,9 +278,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("E2BIG"), "{e:#}");
+        // The asking frontend's own `vm` unreadable (a driver domain): not an error, its
+        // identity is unknown (issue 11 point 1), so the answer comes from the walk.
         let h = host();
         h.answer_at("/local/domain/5/vm", "EACCES");
-        let e = execute(
+        let (out, code) = execute(
             &h,
             Command::Explain {
                 path: dev.into(),
@@ -289,7 +291,8 @@ mod tests {
                 json: false,
             },
         )
-        .unwrap_err();
-        assert!(format!("{e:#}").contains("/local/domain/5/vm"), "{e:#}");
+        .unwrap();
+        assert!(out.contains("grantable"), "{out}");
+        assert_eq!(code, 0, "{out}");
     }
 }
