@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cli;
 pub mod devnum;
 pub mod invocation;
+pub mod lease;
 pub mod lock;
 pub mod log;
 pub mod mode;

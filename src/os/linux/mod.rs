@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::backend::{Backend, busy};
 use crate::devnum::DevNum;
 use crate::invocation::{self, Action, LinuxEnv, Request, UsageError};
+use crate::lease;
 use crate::lock::Lock;
 use crate::log;
 use crate::mode::Mode;
@@ -302,7 +303,16 @@ fn add_phy(be: &Backend, scan: &Scan, fd: &File, path: &str, rdev: DevNum) -> Re
         };
         return Err(busy(sharing::busy_message(&what, scan.mode, &h)));
     }
-    be.write_dev(None, path, rdev, seq)?;
+    // --- cluster lease (issue 15): after the local check, recorded before publishing;
+    // released again if the add fails (the guard's drop), kept on success.
+    let key = be.path.state_key();
+    let id = lease::Identity::of_block(path, rdev);
+    let lease = lease::for_add(&key, &id, scan.mode, &scan.frontend_uuid)?;
+    lease.save_phy(&key, path)?;
+    be.write_dev(None, path, rdev, seq)
+        .inspect_err(|_| lease.forget_phy(&key))?;
+    lease.keep();
+    // --- end cluster lease
     log::debug(&format!(
         "block lock held for {} us",
         lock.held_for().as_micros()
@@ -353,11 +363,16 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
         }
     }
 
+    // --- cluster lease (issue 15): after the local check, before the loop is attached;
+    // named in the remove record, released by the guard's drop if the add fails.
+    let lease = lease::for_add(&key, &lease::Identity::of_file(path), scan.mode, &scan.frontend_uuid)?;
+    // --- end cluster lease
     let mut rec = Record::default();
     rec.set("kind", "loop")
         .set("backend", be.path.path.as_str())
         .set("params", path)
         .set("backing", format!("{}:{}", bdev, meta.ino()));
+    lease.store(&mut rec); // cluster lease (issue 15)
     let (attached, loopfd) =
         loopdev::attach(&backing, path, scan.mode == Mode::Read, |node, rdev| {
             rec.set("node", node).set("rdev", rdev.to_string());
@@ -388,6 +403,7 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
         attached.diskseq,
     )
     .map_err(undo)?;
+    lease.keep(); // cluster lease (issue 15)
     log::debug(&format!(
         "block lock held for {} us",
         lock.held_for().as_micros()
@@ -398,6 +414,12 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
 fn remove(be: &Backend, script: &Script) -> Result<()> {
     let key = be.path.state_key();
     if let Some(rec) = state::load(&key)? {
+        // --- cluster lease (issue 15): a phy backend's record only names its lease.
+        if rec.get("kind") == Some("phy") {
+            lease::release_recorded(&rec)?;
+            return state::delete(&key);
+        }
+        // --- end cluster lease
         if rec.get("kind") != Some("loop") {
             // Written by another personality (block-iscsi, ...) for this backend: its own
             // remove undoes it, not ours.
@@ -449,6 +471,7 @@ fn remove_recorded(key: &str, rec: &Record) -> Result<()> {
         diskseq,
     };
     detach(&attached, (bdev, bino))?;
+    lease::release_recorded(rec)?; // cluster lease (issue 15): once the loop is gone
     state::delete(key)
 }
 
