@@ -75,7 +75,7 @@ pub fn main() -> ExitCode {
         .unwrap_or_default();
     // `xen-block-hotplug lease ...`: the cluster lease commands (issue 15), own parser.
     if Personality::from_name(&base).is_none() && argv.get(1).is_some_and(|a| a == "lease") {
-        return crate::lease::cmd::main(&argv[1..]);
+        return crate::lease::cmd::main(argv.get(1..).unwrap_or_default());
     }
     let (personality, invoked, args) = match Personality::from_name(&base) {
         Some(p) => (p, argv0, argv.iter().skip(1).cloned().collect()),

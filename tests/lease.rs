@@ -49,7 +49,11 @@ impl Pool {
         assert!(st.success(), "mkfs.ext4");
         let mnt = dir.join("mnt");
         fs::create_dir_all(&mnt).unwrap();
-        let st = Command::new("mount").arg(&lo.path).arg(&mnt).status().unwrap();
+        let st = Command::new("mount")
+            .arg(&lo.path)
+            .arg(&mnt)
+            .status()
+            .unwrap();
         assert!(st.success(), "mount");
         let mount = Mount(mnt.clone());
         let leases = mnt.join("leases");
@@ -159,7 +163,9 @@ impl Host {
     fn start_daemon(&mut self) {
         let log = fs::File::create(self.run.join("daemon.log")).unwrap();
         let child = Command::new("sanlock")
-            .args(["daemon", "-D", "-w", "0", "-l", "0", "-h", "0", "-U", "root", "-G", "root"])
+            .args([
+                "daemon", "-D", "-w", "0", "-l", "0", "-h", "0", "-U", "root", "-G", "root",
+            ])
             .env("SANLOCK_RUN_DIR", &self.run)
             .env("SANLOCK_PRIVILEGED", "0")
             .stdin(Stdio::null())
@@ -171,7 +177,10 @@ impl Host {
         let t0 = Instant::now();
         // Connectable, not merely present (a stopped daemon leaves its socket file).
         while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "sanlock daemon did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "sanlock daemon did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.daemon = Some(child);
@@ -252,7 +261,13 @@ impl Host {
         let t0 = Instant::now();
         let r = self.run(v, "add");
         let took = t0.elapsed();
-        assert_eq!(r.status, 0, "host {} add: {r:?} error {:?}", self.id, self.error(v));
+        assert_eq!(
+            r.status,
+            0,
+            "host {} add: {r:?} error {:?}",
+            self.id,
+            self.error(v)
+        );
         assert_eq!(self.status(v).as_deref(), Some("connected"));
         took
     }
@@ -344,9 +359,15 @@ fn exclusive_across_hosts() {
     win.remove_ok(winv);
     assert!(win.local_state().is_empty());
     let took = lose.add_ok(losev);
-    eprintln!("lease: add with an exclusive lease took {} ms", took.as_millis());
+    eprintln!(
+        "lease: add with an exclusive lease took {} ms",
+        took.as_millis()
+    );
     let st = lose.status_json();
-    assert!(st.contains("\"kind\":\"exclusive\"") && st.contains("\"phase\":\"held\""), "{st}");
+    assert!(
+        st.contains("\"kind\":\"exclusive\"") && st.contains("\"phase\":\"held\""),
+        "{st}"
+    );
     let v3 = win.vbd(p, "r", "vm-c");
     let err = win.add_busy(&v3, &img);
     assert!(err.contains(&format!("host id {}", lose.id)), "{err}");
@@ -372,11 +393,17 @@ fn shared_readers_across_hosts_refuse_a_writer() {
     hosts[0].add_ok(&r1b);
     let w = hosts[2].vbd(p, "w", "vm-w");
     let err = hosts[2].add_busy(&w, &img);
-    assert!(err.contains("host id 1") && err.contains("host id 2"), "{err}");
+    assert!(
+        err.contains("host id 1") && err.contains("host id 2"),
+        "{err}"
+    );
     assert!(err.contains("vm-r2"), "{err}");
     // The disk's holders, as `lease status DISK` shows them.
     let st = hosts[2].lease(&["status", "--json", p]);
-    assert!(st.1.contains("\"host_id\":1,") && st.1.contains("\"host_id\":2,"), "{st:?}");
+    assert!(
+        st.1.contains("\"host_id\":1,") && st.1.contains("\"host_id\":2,"),
+        "{st:?}"
+    );
     hosts[0].remove_ok(&r1);
     hosts[2].add_busy(&w, &img);
     hosts[0].remove_ok(&r1b);
@@ -494,7 +521,10 @@ fn handover_guard_refuses_a_third_vm_in_the_gap() {
             .map(|c| String::from_utf8_lossy(&c).contains("handover"))
             .unwrap_or(false)
     {
-        assert!(t0.elapsed() < Duration::from_secs(5), "acquirer {pid} still running");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "acquirer {pid} still running"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -597,8 +627,17 @@ fn host_death_frees_its_leases_after_expiry() {
         if r.status == 0 {
             break;
         }
-        assert_eq!(hosts[1].status(&v2).as_deref(), Some("busy"), "{}", hosts[1].error(&v2));
-        assert!(t0.elapsed() < Duration::from_secs(150), "never freed: {}", hosts[1].error(&v2));
+        assert_eq!(
+            hosts[1].status(&v2).as_deref(),
+            Some("busy"),
+            "{}",
+            hosts[1].error(&v2)
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(150),
+            "never freed: {}",
+            hosts[1].error(&v2)
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     eprintln!(
@@ -609,7 +648,10 @@ fn host_death_frees_its_leases_after_expiry() {
     hosts[1].remove_ok(&v2);
     // The dead host's own loop (no sanlock to release through any more).
     let r = hosts[0].run(&v1, "remove");
-    assert_eq!(r.status, 1, "its lease cannot be released without its daemon: {r:?}");
+    assert_eq!(
+        r.status, 1,
+        "its lease cannot be released without its daemon: {r:?}"
+    );
     for l in loops_of(&img) {
         let _ = Command::new("losetup").arg("-d").arg(&l).status();
     }
@@ -625,10 +667,22 @@ fn bad_configuration_is_a_clear_error() {
     let p = img.to_str().unwrap();
     let h = pool.host(1, "");
     for (text, needle) in [
-        ("LEASES=sanlock\nLEASE_LOCKSPACE=x\nLEASE_DIR=/srv\nLEASE_HOST_ID=1\nLEASE_COLOUR=red\n", "unknown key \"LEASE_COLOUR\""),
-        ("LEASES=sanlock\nLEASE_LOCKSPACE=x\nLEASE_DIR=/srv\nLEASE_HOST_ID=2001\n", "LEASE_HOST_ID must be 1..2000"),
-        ("LEASES=sanlock\nLEASE_LOCKSPACE=x\nLEASE_DIR=/srv\nLEASE_HOST_ID=0\n", "LEASE_HOST_ID must be 1..2000"),
-        ("LEASES=sanlock\nLEASE_LOCKSPACE=x\nLEASE_DIR=srv/leases\nLEASE_HOST_ID=1\n", "LEASE_DIR must be an absolute path"),
+        (
+            "LEASES=sanlock\nLEASE_LOCKSPACE=x\nLEASE_DIR=/srv\nLEASE_HOST_ID=1\nLEASE_COLOUR=red\n",
+            "unknown key \"LEASE_COLOUR\"",
+        ),
+        (
+            "LEASES=sanlock\nLEASE_LOCKSPACE=x\nLEASE_DIR=/srv\nLEASE_HOST_ID=2001\n",
+            "LEASE_HOST_ID must be 1..2000",
+        ),
+        (
+            "LEASES=sanlock\nLEASE_LOCKSPACE=x\nLEASE_DIR=/srv\nLEASE_HOST_ID=0\n",
+            "LEASE_HOST_ID must be 1..2000",
+        ),
+        (
+            "LEASES=sanlock\nLEASE_LOCKSPACE=x\nLEASE_DIR=srv/leases\nLEASE_HOST_ID=1\n",
+            "LEASE_DIR must be an absolute path",
+        ),
     ] {
         fs::write(&h.conf, text).unwrap();
         let v = h.vbd(p, "w", "vm-a");
@@ -636,7 +690,10 @@ fn bad_configuration_is_a_clear_error() {
         assert_eq!(r.status, 1, "{r:?}");
         assert_eq!(h.status(&v).as_deref(), Some("error"));
         let err = h.error(&v);
-        assert!(err.contains(needle) && err.contains(h.conf.to_str().unwrap()), "{err:?}");
+        assert!(
+            err.contains(needle) && err.contains(h.conf.to_str().unwrap()),
+            "{err:?}"
+        );
         assert!(loops_of(&img).is_empty() && !record_path(&v).exists());
         let r = h.lease(&["status"]);
         assert_eq!(r.0, 1);
@@ -647,7 +704,11 @@ fn bad_configuration_is_a_clear_error() {
     fs::set_permissions(&h.conf, fs::Permissions::from_mode(0o666)).unwrap();
     let v = h.vbd(p, "w", "vm-a");
     assert_eq!(h.run(&v, "add").status, 1);
-    assert!(h.error(&v).contains("writable by group or others"), "{}", h.error(&v));
+    assert!(
+        h.error(&v).contains("writable by group or others"),
+        "{}",
+        h.error(&v)
+    );
     // LEASES=none: today's behaviour, no sanlock involved (its socket is not even there).
     fs::set_permissions(&h.conf, fs::Permissions::from_mode(0o644)).unwrap();
     let v = h.vbd(p, "w", "vm-a");
@@ -658,7 +719,11 @@ fn bad_configuration_is_a_clear_error() {
     ];
     let r = h.xs.run_with("block", &["add"], &env);
     assert_eq!(r.status, 0, "{r:?}");
-    assert!(!fs::read_to_string(record_path(&v)).unwrap().contains("lease-hash="));
+    assert!(
+        !fs::read_to_string(record_path(&v))
+            .unwrap()
+            .contains("lease-hash=")
+    );
     let r = h.xs.run_with("block", &["remove"], &env);
     assert_eq!(r.status, 0, "{r:?}");
     assert!(pool.lease_files().is_empty());

@@ -67,7 +67,10 @@ pub fn main(args: &[OsString]) -> ExitCode {
 fn configured() -> Result<Config> {
     let c = Config::load()?;
     if c.leases != Leases::Sanlock {
-        bail!("leases are not configured: set LEASES=sanlock in {}", super::config::DEFAULT_PATH);
+        bail!(
+            "leases are not configured: set LEASES=sanlock in {}",
+            super::config::DEFAULT_PATH
+        );
     }
     Ok(c)
 }
@@ -84,7 +87,10 @@ fn run(cmd: Cmd) -> Result<()> {
             let lib = lib()?;
             let mut ls = lockspace(&c)?;
             if lib.inq_lockspace(&mut ls) == 0 {
-                println!("already joined lockspace {} as host id {}", c.lockspace, c.host_id);
+                println!(
+                    "already joined lockspace {} as host id {}",
+                    c.lockspace, c.host_id
+                );
                 return Ok(());
             }
             let t0 = Instant::now();
@@ -137,13 +143,23 @@ fn run(cmd: Cmd) -> Result<()> {
 fn init(c: &Config) -> Result<()> {
     let path = c.lockspace_path();
     if path.exists() {
-        bail!("{} exists: the pool's lockspace is initialised already (run `lease join`)", path.display());
+        bail!(
+            "{} exists: the pool's lockspace is initialised already (run `lease join`)",
+            path.display()
+        );
     }
     if !c.dir.is_dir() {
-        bail!("LEASE_DIR {} is not a directory (is the shared storage mounted?)", c.dir.display());
+        bail!(
+            "LEASE_DIR {} is not a directory (is the shared storage mounted?)",
+            c.dir.display()
+        );
     }
     let lib = lib()?;
-    let tmp = c.dir.join(format!(".{}.lockspace.new-{}", c.lockspace, std::process::id()));
+    let tmp = c.dir.join(format!(
+        ".{}.lockspace.new-{}",
+        c.lockspace,
+        std::process::id()
+    ));
     let made = (|| -> Result<()> {
         let f = fs::OpenOptions::new()
             .write(true)
@@ -157,7 +173,10 @@ fn init(c: &Config) -> Result<()> {
         lib.write_lockspace(&mut ls, c.io_timeout)?;
         fs::hard_link(&tmp, &path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                anyhow::anyhow!("{} was created meanwhile by another host: left as it is", path.display())
+                anyhow::anyhow!(
+                    "{} was created meanwhile by another host: left as it is",
+                    path.display()
+                )
             } else {
                 anyhow::anyhow!(e).context(format!("cannot create {}", path.display()))
             }
@@ -165,7 +184,11 @@ fn init(c: &Config) -> Result<()> {
     })();
     let _ = fs::remove_file(&tmp);
     made?;
-    println!("initialised lockspace {} in {}", c.lockspace, path.display());
+    println!(
+        "initialised lockspace {} in {}",
+        c.lockspace,
+        path.display()
+    );
     Ok(())
 }
 
@@ -201,7 +224,10 @@ fn identify(disk: &str) -> Result<Identity> {
     let m = fs::metadata(&canon)?;
     Ok(if m.file_type().is_block_device() {
         let r = m.rdev();
-        Identity::of_block(&canon, DevNum::new(nix::sys::stat::major(r), nix::sys::stat::minor(r)))
+        Identity::of_block(
+            &canon,
+            DevNum::new(nix::sys::stat::major(r), nix::sys::stat::minor(r)),
+        )
     } else {
         Identity::of_file(&canon)
     })
@@ -216,7 +242,11 @@ fn status(c: &Config, json: bool, disk: Option<&str>) -> Result<()> {
         rv if rv == -nix::libc::ENOENT => "not joined",
         rv => bail!("cannot ask the sanlock daemon: {}", lib.describe(rv)),
     };
-    let hosts = if joined == "joined" { lib.get_hosts(&c.lockspace).unwrap_or_default() } else { Vec::new() };
+    let hosts = if joined == "joined" {
+        lib.get_hosts(&c.lockspace).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let leases = local_leases(c);
     // For a named disk: who holds its lease and its handover guard.
     let mut about = None;
@@ -239,7 +269,13 @@ fn status(c: &Config, json: bool, disk: Option<&str>) -> Result<()> {
         );
         let hs: Vec<String> = hosts
             .iter()
-            .map(|h| format!("{{\"host_id\":{},\"state\":{}}}", h.host_id, esc(host_state(h.flags))))
+            .map(|h| {
+                format!(
+                    "{{\"host_id\":{},\"state\":{}}}",
+                    h.host_id,
+                    esc(host_state(h.flags))
+                )
+            })
             .collect();
         o.push_str(&hs.join(","));
         o.push_str("],\"leases\":[");
@@ -268,7 +304,8 @@ fn status(c: &Config, json: bool, disk: Option<&str>) -> Result<()> {
             let list = |v: &[sanlock::Host]| -> String {
                 v.iter()
                     .map(|h| {
-                        let vms: Vec<String> = lf.owner_vms(h.host_id).iter().map(|v| esc(v)).collect();
+                        let vms: Vec<String> =
+                            lf.owner_vms(h.host_id).iter().map(|v| esc(v)).collect();
                         format!("{{\"host_id\":{},\"vms\":[{}]}}", h.host_id, vms.join(","))
                     })
                     .collect::<Vec<_>>()
@@ -286,7 +323,12 @@ fn status(c: &Config, json: bool, disk: Option<&str>) -> Result<()> {
         println!("{o}");
         return Ok(());
     }
-    println!("lockspace {} ({}), host id {}: {joined}", c.lockspace, c.lockspace_path().display(), c.host_id);
+    println!(
+        "lockspace {} ({}), host id {}: {joined}",
+        c.lockspace,
+        c.lockspace_path().display(),
+        c.host_id
+    );
     for h in &hosts {
         println!("  host id {}: {}", h.host_id, host_state(h.flags));
     }
@@ -299,7 +341,12 @@ fn status(c: &Config, json: bool, disk: Option<&str>) -> Result<()> {
             (Phase::Handover, Some(p)) => format!("being handed over (acquirer pid {p})"),
             (Phase::Handover, None) => "being handed over".to_string(),
         };
-        println!("{} [{}] {}, {phase}", l.identity, &hash[..16.min(hash.len())], l.kind.as_str());
+        println!(
+            "{} [{}] {}, {phase}",
+            l.identity,
+            hash.get(..16).unwrap_or(hash),
+            l.kind.as_str()
+        );
         for (b, vm) in &l.holders {
             println!("  for {b} (VM {vm})");
         }
@@ -313,7 +360,10 @@ fn status(c: &Config, json: bool, disk: Option<&str>) -> Result<()> {
             println!("  held by {}", super::describe_holders(lf, &ids(owners)));
         }
         if !guard.is_empty() {
-            println!("  being handed over to {}", super::describe_holders(lf, &ids(guard)));
+            println!(
+                "  being handed over to {}",
+                super::describe_holders(lf, &ids(guard))
+            );
         }
     }
     Ok(())

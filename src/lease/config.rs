@@ -85,8 +85,8 @@ impl Config {
     }
 
     fn read(path: &Path) -> Result<Config> {
-        let text = fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("bad configuration in {}", path.display()))
     }
 
@@ -179,7 +179,9 @@ pub fn check_name(v: &str) -> Result<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        bail!("LEASE_LOCKSPACE must be 1..{MAX_NAME_LEN} letters, digits, '-', '_' or '.', not {v:?}");
+        bail!(
+            "LEASE_LOCKSPACE must be 1..{MAX_NAME_LEN} letters, digits, '-', '_' or '.', not {v:?}"
+        );
     }
     Ok(v.to_string())
 }
@@ -189,7 +191,11 @@ pub fn check_name(v: &str) -> Result<String> {
 fn check_trusted(p: &Path) -> Result<()> {
     let m = fs::metadata(p).with_context(|| format!("{ENV_VAR}={}: cannot stat", p.display()))?;
     if m.uid() != 0 {
-        bail!("{ENV_VAR}={}: not owned by root (uid {}): ignored for safety", p.display(), m.uid());
+        bail!(
+            "{ENV_VAR}={}: not owned by root (uid {}): ignored for safety",
+            p.display(),
+            m.uid()
+        );
     }
     if m.mode() & 0o022 != 0 {
         bail!(
@@ -219,7 +225,10 @@ mod tests {
         assert_eq!(c.dir, PathBuf::from("/srv/l"));
         assert_eq!(c.host_id, 2000);
         assert_eq!(c.io_timeout, 2);
-        assert_eq!(c.lockspace_path(), PathBuf::from("/srv/l/xenpool.lockspace"));
+        assert_eq!(
+            c.lockspace_path(),
+            PathBuf::from("/srv/l/xenpool.lockspace")
+        );
     }
 
     #[test]
@@ -231,16 +240,25 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         for (text, needle) in [
-            ("LEASES=sanlock\nLEASE_LOCKSPACE=a\nLEASE_DIR=/x\nLEASE_HOST_ID=0\n", "1..2000"),
+            (
+                "LEASES=sanlock\nLEASE_LOCKSPACE=a\nLEASE_DIR=/x\nLEASE_HOST_ID=0\n",
+                "1..2000",
+            ),
             ("LEASE_HOST_ID=2001\n", "1..2000"),
             ("LEASE_HOST_ID=-1\n", "1..2000"),
             ("LEASE_DIR=srv/leases\n", "absolute"),
             ("LEASE_DRI=/srv\n", "unknown key \"LEASE_DRI\""),
             ("LEASES=yes\n", "none or sanlock"),
             ("LEASES\n", "KEY=VALUE"),
-            ("LEASES=sanlock\nLEASE_DIR=/x\nLEASE_HOST_ID=1\n", "needs LEASE_LOCKSPACE"),
+            (
+                "LEASES=sanlock\nLEASE_DIR=/x\nLEASE_HOST_ID=1\n",
+                "needs LEASE_LOCKSPACE",
+            ),
             ("LEASE_LOCKSPACE=a:b\n", "LEASE_LOCKSPACE"),
-            (&format!("LEASE_LOCKSPACE={}\n", "a".repeat(49)), "LEASE_LOCKSPACE"),
+            (
+                &format!("LEASE_LOCKSPACE={}\n", "a".repeat(49)),
+                "LEASE_LOCKSPACE",
+            ),
         ] {
             let e = format!("{:#}", Config::parse(text).unwrap_err());
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -29,8 +29,7 @@ impl Identity {
     /// A block device's identity: its most stable `/dev/disk/by-id` name, else `path`.
     pub fn of_block(path: &str, rdev: DevNum) -> Identity {
         Identity(
-            stable_id_in(Path::new("/dev/disk/by-id"), rdev)
-                .unwrap_or_else(|| path.to_string()),
+            stable_id_in(Path::new("/dev/disk/by-id"), rdev).unwrap_or_else(|| path.to_string()),
         )
     }
 
@@ -67,7 +66,10 @@ pub fn stable_id_in(dir: &Path, rdev: DevNum) -> Option<String> {
             continue;
         };
         if !m.file_type().is_block_device()
-            || DevNum::new(nix::sys::stat::major(m.rdev()), nix::sys::stat::minor(m.rdev())) != rdev
+            || DevNum::new(
+                nix::sys::stat::major(m.rdev()),
+                nix::sys::stat::minor(m.rdev()),
+            ) != rdev
         {
             continue;
         }
@@ -97,8 +99,21 @@ mod tests {
 
     #[test]
     fn ranks_prefer_wwn() {
-        let mut v = ["scsi-0QEMU_x", "dm-name-vg-lv", "wwn-0x5000", "dm-uuid-LVM-abc"];
+        let mut v = [
+            "scsi-0QEMU_x",
+            "dm-name-vg-lv",
+            "wwn-0x5000",
+            "dm-uuid-LVM-abc",
+        ];
         v.sort_by_key(|n| (rank(n), n.to_string()));
-        assert_eq!(v, ["wwn-0x5000", "dm-uuid-LVM-abc", "scsi-0QEMU_x", "dm-name-vg-lv"]);
+        assert_eq!(
+            v,
+            [
+                "wwn-0x5000",
+                "dm-uuid-LVM-abc",
+                "scsi-0QEMU_x",
+                "dm-name-vg-lv"
+            ]
+        );
     }
 }

@@ -159,7 +159,8 @@ impl LeaseRecord {
                 .map_err(|_| anyhow!("remove record: bad lease-host-id"))?,
             dir: PathBuf::from(rec.require("lease-dir")?),
             hash: hash.to_string(),
-            kind: Kind::parse(kind).ok_or_else(|| anyhow!("remove record: bad lease-kind {kind:?}"))?,
+            kind: Kind::parse(kind)
+                .ok_or_else(|| anyhow!("remove record: bad lease-kind {kind:?}"))?,
             vm: rec.require("lease-vm")?.to_string(),
             holder: rec.require("lease-holder")?.to_string(),
         }))
@@ -200,14 +201,26 @@ impl LeaseFile {
 
     /// The disk lease (offset 0). sanlock names hold 48 bytes: the first 48 hex digits.
     pub fn disk(&self, kind: Kind) -> Result<Resource> {
-        Resource::new(&self.lockspace, self.hash.get(..48).unwrap_or(&self.hash), &self.path(), 0, kind.res_flags())
+        Resource::new(
+            &self.lockspace,
+            self.hash.get(..48).unwrap_or(&self.hash),
+            &self.path(),
+            0,
+            kind.res_flags(),
+        )
     }
 
     /// The handover guard (offset 1 MiB), always exclusive; persistent when `keep`.
     pub fn guard(&self, keep: bool) -> Result<Resource> {
         let name = format!("{}-h", self.hash.get(..46).unwrap_or(&self.hash));
         let flags = sanlock::ALIGN1M_SECTOR512 | if keep { sanlock::RES_PERSISTENT } else { 0 };
-        Resource::new(&self.lockspace, &name, &self.path(), sanlock::LEASE_SIZE, flags)
+        Resource::new(
+            &self.lockspace,
+            &name,
+            &self.path(),
+            sanlock::LEASE_SIZE,
+            flags,
+        )
     }
 
     fn owner_file(&self, host: u64) -> PathBuf {
@@ -219,7 +232,10 @@ impl LeaseFile {
         fs::read_to_string(self.owner_file(host))
             .ok()
             .and_then(|t| Record::parse(&t).ok())
-            .and_then(|r| r.get("vm").map(|v| v.split(',').map(str::to_string).collect()))
+            .and_then(|r| {
+                r.get("vm")
+                    .map(|v| v.split(',').map(str::to_string).collect())
+            })
             .unwrap_or_default()
     }
 
@@ -235,7 +251,8 @@ impl LeaseFile {
             };
         }
         let mut r = Record::default();
-        r.set("host-id", self.host_id.to_string()).set("vm", vms.join(","));
+        r.set("host-id", self.host_id.to_string())
+            .set("vm", vms.join(","));
         write_atomic(&path, r.render()?.as_bytes())
     }
 
@@ -248,14 +265,21 @@ impl LeaseFile {
         if path.exists() {
             return Ok(());
         }
-        let tmp = self.dir.join(format!(".{}.new-{}-{}", self.hash, self.host_id, std::process::id()));
+        let tmp = self.dir.join(format!(
+            ".{}.new-{}-{}",
+            self.hash,
+            self.host_id,
+            std::process::id()
+        ));
         let made = (|| -> Result<()> {
             let f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
-                .with_context(|| format!("cannot create {} (is LEASE_DIR reachable?)", tmp.display()))?;
+                .with_context(|| {
+                    format!("cannot create {} (is LEASE_DIR reachable?)", tmp.display())
+                })?;
             f.set_len(2 * sanlock::LEASE_SIZE)?;
             drop(f);
             let tmp_file = LeaseFile {
@@ -314,11 +338,18 @@ impl LeaseFile {
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let r = (|| -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -359,7 +390,14 @@ impl Local {
     fn to_record(&self) -> Record {
         let mut r = Record::default();
         r.set("kind", self.kind.as_str())
-            .set("phase", if self.phase == Phase::Held { "held" } else { "handover" })
+            .set(
+                "phase",
+                if self.phase == Phase::Held {
+                    "held"
+                } else {
+                    "handover"
+                },
+            )
             .set("identity", self.identity.as_str());
         if let Some(p) = self.acquirer {
             r.set("acquirer", p.to_string());
@@ -373,13 +411,20 @@ impl Local {
     fn from_record(r: &Record) -> Result<Local> {
         Ok(Local {
             kind: Kind::parse(r.require("kind")?).ok_or_else(|| anyhow!("bad kind"))?,
-            phase: if r.require("phase")? == "held" { Phase::Held } else { Phase::Handover },
+            phase: if r.require("phase")? == "held" {
+                Phase::Held
+            } else {
+                Phase::Handover
+            },
             identity: r.get("identity").unwrap_or("").to_string(),
             acquirer: r.get("acquirer").and_then(|p| p.parse().ok()),
             holders: r
                 .0
                 .iter()
-                .filter_map(|(k, v)| k.strip_prefix("holder.").map(|k| (k.to_string(), v.clone())))
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("holder.")
+                        .map(|k| (k.to_string(), v.clone()))
+                })
                 .collect(),
         })
     }
@@ -412,7 +457,10 @@ fn connect<'a>(lib: &'a Sanlock, lockspace: &str, host_id: u64, dir: &Path) -> R
             "this host has not joined lockspace {lockspace} as host id {host_id}: \
              run `xen-block-hotplug lease join`"
         ),
-        rv => bail!("cannot ask sanlock about lockspace {lockspace}: {}", lib.describe(rv)),
+        rv => bail!(
+            "cannot ask sanlock about lockspace {lockspace}: {}",
+            lib.describe(rv)
+        ),
     }
 }
 
@@ -441,7 +489,9 @@ impl Drop for Held {
             return;
         }
         if let Err(e) = self.undo() {
-            log::err(&format!("could not give back the lease of the failed add: {e:#}"));
+            log::err(&format!(
+                "could not give back the lease of the failed add: {e:#}"
+            ));
         }
     }
 }
@@ -476,7 +526,13 @@ impl Held {
 ///
 /// `vm` is the frontend's `vm` node (`/vm/<uuid>`, or a bare UUID); `holder` the
 /// backend's remove-record key.
-pub fn acquire(cfg: &Config, id: &Identity, mode: Mode, vm: &str, holder: &str) -> Result<Option<Held>> {
+pub fn acquire(
+    cfg: &Config,
+    id: &Identity,
+    mode: Mode,
+    vm: &str,
+    holder: &str,
+) -> Result<Option<Held>> {
     if cfg.leases == Leases::None {
         return Ok(None);
     }
@@ -513,7 +569,12 @@ pub fn acquire(cfg: &Config, id: &Identity, mode: Mode, vm: &str, holder: &str) 
             return Err(busy(format!(
                 "Disk {} is leased shared (read-only) by this host for {}: it cannot be leased read-write as well",
                 id.0,
-                local.holders.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+                local
+                    .holders
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         local.holders.retain(|(k, _)| k != holder);
@@ -523,7 +584,10 @@ pub fn acquire(cfg: &Config, id: &Identity, mode: Mode, vm: &str, holder: &str) 
         held.handover = local.phase == Phase::Handover;
         return Ok(Some(held));
     }
-    let client = held.client.as_ref().ok_or_else(|| anyhow!("no sanlock connection"))?;
+    let client = held
+        .client
+        .as_ref()
+        .ok_or_else(|| anyhow!("no sanlock connection"))?;
     let disk = lf.disk(kind)?;
     match client.acquire(&disk, sanlock::ACQUIRE_OWNER_NOWAIT) {
         Ok(()) => {
@@ -547,7 +611,11 @@ pub fn acquire(cfg: &Config, id: &Identity, mode: Mode, vm: &str, holder: &str) 
         }
         Err(e) if is_busy(e.rv) => {
             let owners = lib.read_owners(&disk).unwrap_or_default();
-            let others: Vec<u64> = owners.iter().map(|h| h.host_id).filter(|h| *h != cfg.host_id).collect();
+            let others: Vec<u64> = owners
+                .iter()
+                .map(|h| h.host_id)
+                .filter(|h| *h != cfg.host_id)
+                .collect();
             let same_vm = vm != "unknown"
                 && !vm.is_empty()
                 && !others.is_empty()
@@ -576,7 +644,9 @@ pub fn acquire(cfg: &Config, id: &Identity, mode: Mode, vm: &str, holder: &str) 
                         tries += 1;
                         std::thread::sleep(Duration::from_millis(50));
                     }
-                    Err(g) => return Err(anyhow!(g).context("cannot take the migration handover guard")),
+                    Err(g) => {
+                        return Err(anyhow!(g).context("cannot take the migration handover guard"));
+                    }
                 }
             }
             held.acquired.push(guard);
@@ -599,7 +669,12 @@ pub fn acquire(cfg: &Config, id: &Identity, mode: Mode, vm: &str, holder: &str) 
         }
         Err(e) => return Err(anyhow!(e).context(format!("cannot lease disk {}", id.0))),
     }
-    log::debug(&format!("lease of {} ({}) taken in {} ms", id.0, kind.as_str(), t0.elapsed().as_millis()));
+    log::debug(&format!(
+        "lease of {} ({}) taken in {} ms",
+        id.0,
+        kind.as_str(),
+        t0.elapsed().as_millis()
+    ));
     Ok(Some(held))
 }
 
@@ -668,7 +743,12 @@ fn probe_guard(lib: &Sanlock, client: &Client, lf: &LeaseFile) -> Result<Option<
             Ok(None)
         }
         Err(e) if is_busy(e.rv) => {
-            let hosts = lib.read_owners(&g).unwrap_or_default().iter().map(|h| h.host_id).collect();
+            let hosts = lib
+                .read_owners(&g)
+                .unwrap_or_default()
+                .iter()
+                .map(|h| h.host_id)
+                .collect();
             Ok(Some(hosts))
         }
         Err(e) => Err(anyhow!(e).context("cannot check the migration handover guard")),
@@ -698,7 +778,14 @@ fn spawn_acquirer(lf: &LeaseFile, kind: Kind, timeout: u32) -> Result<u32> {
     use std::process::{Command, Stdio};
     let child = Command::new("/proc/self/exe")
         .arg0("xen-block-hotplug")
-        .args(["lease", "handover", "--hash", &lf.hash, "--kind", kind.as_str()])
+        .args([
+            "lease",
+            "handover",
+            "--hash",
+            &lf.hash,
+            "--kind",
+            kind.as_str(),
+        ])
         .args(["--timeout", &timeout.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -770,7 +857,11 @@ pub fn run_handover(cfg: &Config, hash: &str, kind: Kind, timeout: Duration) -> 
 /// may live on in the acquirer.
 fn close_inherited_fds() {
     let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     for fd in fds.into_iter().filter(|fd| *fd > 2) {
         // The read_dir fd itself is already closed here; closing a stale number is harmless.
@@ -785,7 +876,10 @@ pub fn release(rec: &LeaseRecord) -> Result<()> {
     let lf = rec.lease();
     let _l = lf.local_lock()?;
     let Some(mut local) = lf.local_load()? else {
-        log::debug(&format!("lease {}: this host holds nothing: nothing to release", rec.hash));
+        log::debug(&format!(
+            "lease {}: this host holds nothing: nothing to release",
+            rec.hash
+        ));
         return Ok(());
     };
     local.holders.retain(|(k, _)| *k != rec.holder);
@@ -803,10 +897,15 @@ pub fn release(rec: &LeaseRecord) -> Result<()> {
     lf.set_owner_vms(&[])?;
     match adopt_orphan(&client, &res) {
         Ok(()) => client.release(&res)?,
-        Err(e) if e.rv == -nix::libc::ENOENT => {
-            log::err(&format!("lease {}: not held by this host any more (sanlock restarted?)", local.identity))
+        Err(e) if e.rv == -nix::libc::ENOENT => log::err(&format!(
+            "lease {}: not held by this host any more (sanlock restarted?)",
+            local.identity
+        )),
+        Err(e) => {
+            return Err(
+                anyhow!(e).context(format!("cannot release the lease of {}", local.identity))
+            );
         }
-        Err(e) => return Err(anyhow!(e).context(format!("cannot release the lease of {}", local.identity))),
     }
     lf.local_save(None)
 }
@@ -882,7 +981,11 @@ mod tests {
     #[test]
     fn none_never_loads_sanlock() {
         let id = Identity::of_file("/x");
-        assert!(acquire(&Config::none(), &id, Mode::Write, "u", "k").unwrap().is_none());
+        assert!(
+            acquire(&Config::none(), &id, Mode::Write, "u", "k")
+                .unwrap()
+                .is_none()
+        );
         assert!(LIB.get().is_none());
     }
 }

@@ -85,7 +85,11 @@ pub struct Host {
 
 fn fill(dst: &mut [c_char], s: &str, what: &str) -> Result<()> {
     // Names may use every byte (no terminator needed); paths need their NUL.
-    let room = if dst.len() == PATH_LEN { PATH_LEN - 1 } else { dst.len() };
+    let room = if dst.len() == PATH_LEN {
+        PATH_LEN - 1
+    } else {
+        dst.len()
+    };
     if s.len() > room || s.contains('\0') {
         bail!("{what} {s:?} does not fit sanlock's {room} bytes");
     }
@@ -116,7 +120,13 @@ impl Disk {
 
 impl Resource {
     /// One resource lease at `offset` of `path`.
-    pub fn new(lockspace: &str, name: &str, path: &Path, offset: u64, flags: u32) -> Result<Resource> {
+    pub fn new(
+        lockspace: &str,
+        name: &str,
+        path: &Path,
+        offset: u64,
+        flags: u32,
+    ) -> Result<Resource> {
         let mut r = Resource {
             lockspace_name: [0; NAME_LEN],
             name: [0; NAME_LEN],
@@ -148,14 +158,16 @@ impl Lockspace {
 }
 
 type FnVoid = unsafe extern "C" fn() -> c_int;
-type FnAcquire = unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut Resource, *mut u8) -> c_int;
+type FnAcquire =
+    unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut Resource, *mut u8) -> c_int;
 type FnRelease = unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut Resource) -> c_int;
 type FnLs = unsafe extern "C" fn(*mut Lockspace, u32) -> c_int;
 type FnAddLsTimeout = unsafe extern "C" fn(*mut Lockspace, u32, u32) -> c_int;
 type FnWriteLs = unsafe extern "C" fn(*mut Lockspace, c_int, u32, u32) -> c_int;
 type FnWriteRes = unsafe extern "C" fn(*mut Resource, c_int, c_int, u32) -> c_int;
 type FnReadOwners = unsafe extern "C" fn(*mut Resource, u32, *mut *mut Host, *mut c_int) -> c_int;
-type FnGetHosts = unsafe extern "C" fn(*const c_char, u64, *mut *mut Host, *mut c_int, u32) -> c_int;
+type FnGetHosts =
+    unsafe extern "C" fn(*const c_char, u64, *mut *mut Host, *mut c_int, u32) -> c_int;
 type FnStrerror = unsafe extern "C" fn(c_int) -> *const c_char;
 
 /// The loaded library with the calls this project uses.
@@ -283,7 +295,11 @@ impl Sanlock {
 
     /// Joins the lockspace (blocks until sanlock holds this host's delta lease: about
     /// 2 × io_timeout, 20 s by default). 0 or -EEXIST (already joined) is success.
-    pub fn add_lockspace(&self, ls: &mut Lockspace, io_timeout: u32) -> std::result::Result<(), Error> {
+    pub fn add_lockspace(
+        &self,
+        ls: &mut Lockspace,
+        io_timeout: u32,
+    ) -> std::result::Result<(), Error> {
         // SAFETY: ls points to a valid, initialised struct sanlk_lockspace.
         let rv = unsafe { (self.add_lockspace_timeout)(ls, 0, io_timeout) };
         if rv == -nix::libc::EEXIST {
@@ -306,7 +322,11 @@ impl Sanlock {
     }
 
     /// Formats the lockspace's delta leases (the daemon writes them).
-    pub fn write_lockspace(&self, ls: &mut Lockspace, io_timeout: u32) -> std::result::Result<(), Error> {
+    pub fn write_lockspace(
+        &self,
+        ls: &mut Lockspace,
+        io_timeout: u32,
+    ) -> std::result::Result<(), Error> {
         // SAFETY: as in add_lockspace; max_hosts 0 means "derived from the ALIGN flags".
         let rv = unsafe { (self.write_lockspace)(ls, 0, 0, io_timeout) };
         self.check(rv, || "cannot write the lockspace".into())
@@ -386,7 +406,8 @@ impl Client<'_> {
         let mut r = *res;
         let mut p: *mut Resource = &mut r;
         // SAFETY: one valid resource; no options.
-        let rv = unsafe { (self.lib.acquire)(self.sock(), -1, flags, 1, &mut p, std::ptr::null_mut()) };
+        let rv =
+            unsafe { (self.lib.acquire)(self.sock(), -1, flags, 1, &mut p, std::ptr::null_mut()) };
         self.lib.check(rv, || "cannot acquire the lease".into())
     }
 

@@ -365,7 +365,12 @@ fn add_file(be: &Backend, scan: &Scan, fd: &File, path: &str, meta: &Metadata) -
 
     // --- cluster lease (issue 15): after the local check, before the loop is attached;
     // named in the remove record, released by the guard's drop if the add fails.
-    let lease = lease::for_add(&key, &lease::Identity::of_file(path), scan.mode, &scan.frontend_uuid)?;
+    let lease = lease::for_add(
+        &key,
+        &lease::Identity::of_file(path),
+        scan.mode,
+        &scan.frontend_uuid,
+    )?;
     // --- end cluster lease
     let mut rec = Record::default();
     rec.set("kind", "loop")
