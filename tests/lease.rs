@@ -374,6 +374,10 @@ fn exclusive_across_hosts() {
     lose.remove_ok(losev);
     win.add_ok(&v3);
     win.remove_ok(&v3);
+    // Free again: no holders, no leftovers of this host.
+    let st = win.lease(&["status", "--json", p]);
+    assert!(st.1.contains("\"holders\":[]"), "{st:?}");
+    assert!(win.local_state().is_empty() && lose.local_state().is_empty());
 }
 
 #[test]
@@ -497,6 +501,23 @@ fn handover_guard_refuses_a_third_vm_in_the_gap() {
         nix::sys::signal::Signal::SIGSTOP,
     )
     .unwrap();
+    // The acquirer inherited no lock fd and no sanlock connection of the add: beyond its
+    // stdio (/dev/null) it has its own sanlock socket only.
+    for e in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let fd: i32 = e.file_name().to_str().unwrap().parse().unwrap();
+        let target = fs::read_link(e.path())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if fd <= 2 {
+            assert_eq!(target, "/dev/null");
+        } else {
+            assert!(
+                target.starts_with("socket:"),
+                "acquirer fd {fd} -> {target}"
+            );
+        }
+    }
     src.remove_ok(&vs);
     let vt = third.vbd(p, "w", "vm-other");
     let err = third.add_busy(&vt, &img);

@@ -911,13 +911,19 @@ pub fn release(rec: &LeaseRecord) -> Result<()> {
 }
 
 /// Adopts this host's orphan of `res`. sanlock turns a persistent lease into an orphan when
-/// its process's connection closes, which it notices asynchronously: a `remove` right
-/// after the `add` exited may ask a moment too early, so -ENOENT is retried for 2 s.
+/// its process's connection closes, which it notices asynchronously: a `remove` (or the
+/// handover acquirer) right after the `add` exited may ask a moment too early, while the
+/// lease is still the add's (-EEXIST, -EAGAIN, -EBUSY) or not yet listed as an orphan
+/// (-ENOENT); those are retried for 2 s.
 fn adopt_orphan(client: &Client, res: &Resource) -> std::result::Result<(), sanlock::Error> {
+    use nix::libc::{EAGAIN, EBUSY, EEXIST, ENOENT};
     let t0 = Instant::now();
     loop {
         match client.acquire(res, sanlock::ACQUIRE_ORPHAN_ONLY) {
-            Err(e) if e.rv == -nix::libc::ENOENT && t0.elapsed() < Duration::from_secs(2) => {
+            Err(e)
+                if [-ENOENT, -EEXIST, -EAGAIN, -EBUSY].contains(&e.rv)
+                    && t0.elapsed() < Duration::from_secs(2) =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             r => return r,
