@@ -527,6 +527,11 @@ fn handover_guard_refuses_a_third_vm_in_the_gap() {
     );
     let vr = third.vbd(p, "r", "vm-reader");
     third.add_busy(&vr, &img);
+    // Those refused adds had the disk lease for a moment and gave it back: nobody holds it.
+    let st = third.lease(&["status", "--json", p]);
+    assert!(st.1.contains("\"holders\":[]"), "{st:?}");
+    assert!(st.1.contains("\"handover_to\":[{\"host_id\":2,"), "{st:?}");
+    assert!(third.local_state().is_empty());
     // The migration is abandoned: the destination's remove cancels the handover.
     dst.remove_ok(&vd);
     let _ = nix::sys::signal::kill(

@@ -87,6 +87,7 @@ fn run(cmd: Cmd) -> Result<()> {
             let lib = lib()?;
             let mut ls = lockspace(&c)?;
             if lib.inq_lockspace(&mut ls) == 0 {
+                lib.set_used_by_orphans(&c.lockspace)?;
                 println!(
                     "already joined lockspace {} as host id {}",
                     c.lockspace, c.host_id
@@ -95,6 +96,7 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             let t0 = Instant::now();
             lib.add_lockspace(&mut ls, c.io_timeout)?;
+            lib.set_used_by_orphans(&c.lockspace)?;
             println!(
                 "joined lockspace {} as host id {} in {:.1} s",
                 c.lockspace,
@@ -243,7 +245,7 @@ fn status(c: &Config, json: bool, disk: Option<&str>) -> Result<()> {
         rv => bail!("cannot ask the sanlock daemon: {}", lib.describe(rv)),
     };
     let hosts = if joined == "joined" {
-        lib.get_hosts(&c.lockspace).unwrap_or_default()
+        lib.get_hosts(&c.lockspace, 0).unwrap_or_default()
     } else {
         Vec::new()
     };

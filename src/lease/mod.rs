@@ -564,7 +564,7 @@ pub fn acquire(
     let _l = lf.local_lock()?;
     // Another local backend holds it already: share that lease (the local sharing check
     // decided this pair may coexist), unless it is shared and we need it exclusive.
-    if let Some(mut local) = lf.local_load()? {
+    if let Some(mut local) = still_held(lib, cfg, &lf)? {
         if local.kind == Kind::Shared && kind == Kind::Exclusive {
             return Err(busy(format!(
                 "Disk {} is leased shared (read-only) by this host for {}: it cannot be leased read-write as well",
@@ -732,6 +732,39 @@ pub fn release_recorded(rec: &Record) -> Result<()> {
         Some(l) => release(&l),
         None => Ok(()),
     }
+}
+
+/// This host's local state for the lease, if sanlock agrees that the host (in its current
+/// generation) still holds it; a state sanlock does not back (its daemon was restarted and
+/// forgot the orphans) is discarded, so a new add takes a real lease instead of counting
+/// itself into a lease that no longer exists.
+fn still_held(lib: &Sanlock, cfg: &Config, lf: &LeaseFile) -> Result<Option<Local>> {
+    let Some(local) = lf.local_load()? else {
+        return Ok(None);
+    };
+    let res = match local.phase {
+        Phase::Held => lf.disk(local.kind)?,
+        Phase::Handover => lf.guard(true)?,
+    };
+    let generation = lib
+        .get_hosts(&cfg.lockspace, cfg.host_id)
+        .ok()
+        .and_then(|v| v.first().map(|h| h.generation));
+    let ours = lib
+        .read_owners(&res)?
+        .iter()
+        .any(|h| h.host_id == cfg.host_id && generation.is_none_or(|g| g == h.generation));
+    if ours {
+        return Ok(Some(local));
+    }
+    log::err(&format!(
+        "lease of {}: this host's record says {:?}, but sanlock no longer has it (daemon \
+         restarted?): taken afresh",
+        local.identity, local.phase
+    ));
+    lf.set_owner_vms(&[])?;
+    lf.local_save(None)?;
+    Ok(None)
 }
 
 /// Takes and gives back the guard; returns its holders when another host holds it.

@@ -27,6 +27,7 @@ pub const ACQUIRE_ORPHAN_ONLY: u32 = 0x4;
 pub const ACQUIRE_OWNER_NOWAIT: u32 = 0x8;
 // sanlock_admin.h
 pub const REM_UNUSED: u32 = 0x2;
+pub const CONFIG_USED_BY_ORPHANS: u32 = 0x4;
 pub const HOST_MASK: u32 = 0xf;
 pub const HOST_LIVE: u32 = 3;
 pub const HOST_FAIL: u32 = 4;
@@ -168,6 +169,7 @@ type FnWriteRes = unsafe extern "C" fn(*mut Resource, c_int, c_int, u32) -> c_in
 type FnReadOwners = unsafe extern "C" fn(*mut Resource, u32, *mut *mut Host, *mut c_int) -> c_int;
 type FnGetHosts =
     unsafe extern "C" fn(*const c_char, u64, *mut *mut Host, *mut c_int, u32) -> c_int;
+type FnSetConfig = unsafe extern "C" fn(*const c_char, u32, u32, *mut u8) -> c_int;
 type FnStrerror = unsafe extern "C" fn(c_int) -> *const c_char;
 
 /// The loaded library with the calls this project uses.
@@ -184,6 +186,7 @@ pub struct Sanlock {
     write_resource: FnWriteRes,
     read_resource_owners: FnReadOwners,
     get_hosts: FnGetHosts,
+    set_config: FnSetConfig,
     strerror: FnStrerror,
 }
 
@@ -245,6 +248,7 @@ impl Sanlock {
                 write_resource: sym!("sanlock_write_resource"),
                 read_resource_owners: sym!("sanlock_read_resource_owners"),
                 get_hosts: sym!("sanlock_get_hosts"),
+                set_config: sym!("sanlock_set_config"),
                 strerror: sym!("sanlock_strerror"),
                 _lib: lib,
             })
@@ -321,6 +325,27 @@ impl Sanlock {
         self.check(rv, || "cannot leave the lockspace".into())
     }
 
+    /// Marks the lockspace as in use while this host has orphan leases in it
+    /// (`SANLK_CONFIG_USED_BY_ORPHANS`): if the host then loses its lease storage, sanlock
+    /// keeps the lockspace instead of leaving it cleanly, so the watchdog (when there is
+    /// one) resets the host before others may take its disks.
+    pub fn set_used_by_orphans(&self, lockspace: &str) -> std::result::Result<(), Error> {
+        let name = std::ffi::CString::new(lockspace).map_err(|_| Error {
+            rv: -nix::libc::EINVAL,
+            msg: "lockspace name contains NUL".into(),
+        })?;
+        // SAFETY: a valid C string; this command takes no data.
+        let rv = unsafe {
+            (self.set_config)(
+                name.as_ptr(),
+                0,
+                CONFIG_USED_BY_ORPHANS,
+                std::ptr::null_mut(),
+            )
+        };
+        self.check(rv, || "cannot configure the lockspace".into())
+    }
+
     /// Formats the lockspace's delta leases (the daemon writes them).
     pub fn write_lockspace(
         &self,
@@ -351,8 +376,13 @@ impl Sanlock {
         )
     }
 
-    /// The hosts of the lockspace that this daemon has seen, with their state.
-    pub fn get_hosts(&self, lockspace: &str) -> std::result::Result<Vec<Host>, Error> {
+    /// The hosts of the lockspace that this daemon has seen, with their state (`host_id`
+    /// 0: all of them).
+    pub fn get_hosts(
+        &self,
+        lockspace: &str,
+        host_id: u64,
+    ) -> std::result::Result<Vec<Host>, Error> {
         let name = std::ffi::CString::new(lockspace).map_err(|_| Error {
             rv: -nix::libc::EINVAL,
             msg: "lockspace name contains NUL".into(),
@@ -360,7 +390,7 @@ impl Sanlock {
         self.host_list(
             |hss, n| {
                 // SAFETY: name is a valid C string; the array is malloc'd by sanlock.
-                unsafe { (self.get_hosts)(name.as_ptr(), 0, hss, n, 0) }
+                unsafe { (self.get_hosts)(name.as_ptr(), host_id, hss, n, 0) }
             },
             "cannot list the lockspace's hosts",
         )
