@@ -74,6 +74,7 @@ pub fn main() -> ExitCode {
         .map(|b| b.to_string_lossy().into_owned())
         .unwrap_or_default();
     // `xen-block-hotplug lease ...`: the cluster lease commands (issue 15), own parser.
+    #[cfg(target_os = "linux")]
     if Personality::from_name(&base).is_none() && argv.get(1).is_some_and(|a| a == "lease") {
         return crate::lease::cmd::main(argv.get(1..).unwrap_or_default());
     }

@@ -12,6 +12,8 @@ pub mod backend;
 pub mod cli;
 pub mod devnum;
 pub mod invocation;
+// sanlock, and so the cluster leases, exist on Linux only.
+#[cfg(target_os = "linux")]
 pub mod lease;
 pub mod lock;
 pub mod log;

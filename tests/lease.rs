@@ -585,6 +585,23 @@ fn remove_releases_with_the_backend_nodes_gone() {
         hosts[1].remove_ok(&other);
     }
     assert!(loops_of(&img2).is_empty());
+
+    // An add killed (libxl's timeout) after it took the lease but before it saved its
+    // remove record, simulated by deleting the record: nobody will remove that backend.
+    // The host's next add of the disk drops the dead holder, and its remove releases.
+    let v = hosts[0].vbd(&lo.path, "w", "vm-k");
+    hosts[0].add_ok(&v);
+    fs::remove_file(record_path(&v)).unwrap();
+    hosts[0].xs.rm(&v.path);
+    let v2 = hosts[0].vbd(&lo.path, "w", "vm-k2");
+    hosts[0].add_ok(&v2);
+    let st = hosts[0].status_json();
+    assert!(!st.contains(&v.path.replace('/', "-")), "{st}");
+    hosts[0].remove_ok(&v2);
+    assert!(hosts[0].local_state().is_empty());
+    let other = hosts[1].vbd(&lo.path, "w", "vm-b");
+    hosts[1].add_ok(&other);
+    hosts[1].remove_ok(&other);
 }
 
 #[test]

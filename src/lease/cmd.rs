@@ -171,6 +171,7 @@ fn init(c: &Config) -> Result<()> {
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         f.set_len(sanlock::LEASE_SIZE)?;
         drop(f);
+        super::share_with_daemon(&tmp)?;
         let mut ls = Lockspace::new(&c.lockspace, 0, &tmp)?;
         lib.write_lockspace(&mut ls, c.io_timeout)?;
         fs::hard_link(&tmp, &path).map_err(|e| {

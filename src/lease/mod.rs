@@ -282,6 +282,7 @@ impl LeaseFile {
                 })?;
             f.set_len(2 * sanlock::LEASE_SIZE)?;
             drop(f);
+            share_with_daemon(&tmp)?;
             let tmp_file = LeaseFile {
                 dir: PathBuf::new(),
                 ..self.clone()
@@ -333,6 +334,19 @@ impl LeaseFile {
             },
         }
     }
+}
+
+/// Lets a sanlock daemon that runs as the `sanlock` user (`-U sanlock -G sanlock`) use a
+/// lease file we created: group `sanlock` when that group exists, mode 0660. A daemon
+/// running as root needs nothing.
+pub fn share_with_daemon(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(Some(g)) = nix::unistd::Group::from_name("sanlock") {
+        nix::unistd::chown(path, None, Some(g.gid))
+            .with_context(|| format!("cannot give {} to group sanlock", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
+    }
+    Ok(())
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
@@ -589,6 +603,17 @@ pub fn acquire(
         .as_ref()
         .ok_or_else(|| anyhow!("no sanlock connection"))?;
     let disk = lf.disk(kind)?;
+    // Recorded before sanlock is asked: a kill at any later point leaves a record of what
+    // this host may hold (checked against sanlock, and pruned, by the next add of this
+    // disk), never a lease nobody knows about.
+    let mut local = Local {
+        kind,
+        phase: Phase::Held,
+        identity: id.0.clone(),
+        acquirer: None,
+        holders: vec![(holder.to_string(), vm.clone())],
+    };
+    lf.local_save(Some(&local))?;
     match client.acquire(&disk, sanlock::ACQUIRE_OWNER_NOWAIT) {
         Ok(()) => {
             held.acquired.push(disk);
@@ -601,13 +626,6 @@ pub fn acquire(
                 )));
             }
             lf.set_owner_vms(std::slice::from_ref(&vm))?;
-            lf.local_save(Some(&Local {
-                kind,
-                phase: Phase::Held,
-                identity: id.0.clone(),
-                acquirer: None,
-                holders: vec![(holder.to_string(), vm.clone())],
-            }))?;
         }
         Err(e) if is_busy(e.rv) => {
             let owners = lib.read_owners(&disk).unwrap_or_default();
@@ -634,6 +652,8 @@ pub fn acquire(
                 )));
             }
             // The same VM on another host: a migration. Take the guard, promise the disk.
+            local.phase = Phase::Handover;
+            lf.local_save(Some(&local))?;
             let guard = lf.guard(true)?;
             let mut tries = 0;
             loop {
@@ -652,14 +672,6 @@ pub fn acquire(
             held.acquired.push(guard);
             held.handover = true;
             lf.set_owner_vms(std::slice::from_ref(&vm))?;
-            let mut local = Local {
-                kind,
-                phase: Phase::Handover,
-                identity: id.0.clone(),
-                acquirer: None,
-                holders: vec![(holder.to_string(), vm.clone())],
-            };
-            lf.local_save(Some(&local))?;
             local.acquirer = Some(spawn_acquirer(&lf, kind, cfg.handover_timeout)?);
             lf.local_save(Some(&local))?;
             log::debug(&format!(
@@ -739,7 +751,7 @@ pub fn release_recorded(rec: &Record) -> Result<()> {
 /// forgot the orphans) is discarded, so a new add takes a real lease instead of counting
 /// itself into a lease that no longer exists.
 fn still_held(lib: &Sanlock, cfg: &Config, lf: &LeaseFile) -> Result<Option<Local>> {
-    let Some(local) = lf.local_load()? else {
+    let Some(mut local) = lf.local_load()? else {
         return Ok(None);
     };
     let res = match local.phase {
@@ -755,7 +767,29 @@ fn still_held(lib: &Sanlock, cfg: &Config, lf: &LeaseFile) -> Result<Option<Loca
         .iter()
         .any(|h| h.host_id == cfg.host_id && generation.is_none_or(|g| g == h.generation));
     if ours {
-        return Ok(Some(local));
+        // A holder whose backend has no remove record is an add that was killed (libxl's
+        // timeout) before it saved one: nobody will ever remove it. Adds run under the
+        // `block` lock, so no holder here is an add still in progress.
+        let before = local.holders.len();
+        local
+            .holders
+            .retain(|(k, _)| !matches!(crate::state::load(k), Ok(None)));
+        if local.holders.len() == before {
+            return Ok(Some(local));
+        }
+        log::err(&format!(
+            "lease of {}: {} holder(s) without a remove record (killed adds) dropped",
+            local.identity,
+            before - local.holders.len()
+        ));
+        if !local.holders.is_empty() {
+            lf.set_owner_vms(&local.vms())?;
+            lf.local_save(Some(&local))?;
+            return Ok(Some(local));
+        }
+        // Nobody left: give it back, and let this add take a lease of its own.
+        release_host_lease(lib, lf, &local)?;
+        return Ok(None);
     }
     log::err(&format!(
         "lease of {}: this host's record says {:?}, but sanlock no longer has it (daemon \
@@ -920,7 +954,12 @@ pub fn release(rec: &LeaseRecord) -> Result<()> {
         lf.set_owner_vms(&local.vms())?;
         return lf.local_save(Some(&local));
     }
-    let lib = lib()?;
+    release_host_lease(lib()?, &lf, &local)
+}
+
+/// Gives back the host's sanlock lease behind `local` (the disk lease, or the guard of a
+/// handover still waiting) and forgets `local`.
+fn release_host_lease(lib: &Sanlock, lf: &LeaseFile, local: &Local) -> Result<()> {
     let client = lib.register()?;
     let res = match local.phase {
         Phase::Held => lf.disk(local.kind)?,
