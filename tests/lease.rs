@@ -480,6 +480,20 @@ fn migration_hands_over_to_the_same_vm() {
     third.remove_ok(&vt);
 }
 
+/// Kills the acquirer this test froze if the test fails before it exits by itself.
+struct Reaper(nix::unistd::Pid);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let still = fs::read(format!("/proc/{}/cmdline", self.0))
+            .map(|c| String::from_utf8_lossy(&c).contains("handover"))
+            .unwrap_or(false);
+        if still {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 #[test]
 fn handover_guard_refuses_a_third_vm_in_the_gap() {
     let pool = Pool::new();
@@ -494,21 +508,37 @@ fn handover_guard_refuses_a_third_vm_in_the_gap() {
     let vd = dst.vbd(p, "w", "vm-mig");
     dst.add_ok(&vd);
     // Freeze the destination between the source's release and its own acquire: stop its
-    // acquirer, so the gap stays open as long as we like.
-    let pid = acquirer_pid(&dst.status_json());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    // acquirer between two polls (not while it holds its own per-lease lock, which it
+    // takes for each attempt), so the gap stays open as long as we like.
+    let pid = nix::unistd::Pid::from_raw(acquirer_pid(&dst.status_json()));
+    let fds = || -> Vec<(i32, String)> {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let fd = e.file_name().to_str().unwrap().parse().unwrap();
+                let target = fs::read_link(e.path()).map(|t| t.to_string_lossy().into_owned());
+                (fd, target.unwrap_or_default())
+            })
+            .collect()
+    };
+    let _reaper = Reaper(pid);
+    let t0 = Instant::now();
+    loop {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        if !fds().iter().any(|(_, t)| t.ends_with(".lock")) {
+            break;
+        }
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "acquirer always locked"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
     // The acquirer inherited no lock fd and no sanlock connection of the add: beyond its
     // stdio (/dev/null) it has its own sanlock socket only.
-    for e in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
-        let fd: i32 = e.file_name().to_str().unwrap().parse().unwrap();
-        let target = fs::read_link(e.path())
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+    for (fd, target) in fds() {
         if fd <= 2 {
             assert_eq!(target, "/dev/null");
         } else {
@@ -534,10 +564,7 @@ fn handover_guard_refuses_a_third_vm_in_the_gap() {
     assert!(third.local_state().is_empty());
     // The migration is abandoned: the destination's remove cancels the handover.
     dst.remove_ok(&vd);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGCONT,
-    );
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     third.add_ok(&vt);
     third.remove_ok(&vt);
     // The acquirer noticed and exited (it is not our child: poll /proc).

@@ -878,6 +878,7 @@ pub fn run_handover(cfg: &Config, hash: &str, kind: Kind, timeout: Duration) -> 
     let client = lib.register()?;
     let disk = lf.disk(kind)?;
     let t0 = Instant::now();
+    let mut failures = 0;
     loop {
         {
             let _l = lf.local_lock()?;
@@ -903,8 +904,16 @@ pub fn run_handover(cfg: &Config, hash: &str, kind: Kind, timeout: Duration) -> 
                     ));
                     return Ok(());
                 }
-                Err(e) if is_busy(e.rv) => {}
-                Err(e) => log::err(&format!("lease handover of {}: {e}", local.identity)),
+                Err(e) if is_busy(e.rv) => failures = 0,
+                // The daemon went away or the storage fails: the guard stays held (other
+                // hosts stay refused) and this host's remove cleans up; no endless retries.
+                Err(e) if failures >= 25 => {
+                    bail!("lease handover of {}: giving up: {e}", local.identity)
+                }
+                Err(e) => {
+                    failures += 1;
+                    log::err(&format!("lease handover of {}: {e}", local.identity));
+                }
             }
             if t0.elapsed() > timeout {
                 // The guard stays held: other hosts stay refused until our remove.
