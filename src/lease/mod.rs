@@ -614,9 +614,14 @@ pub fn acquire(
         holders: vec![(holder.to_string(), vm.clone())],
     };
     lf.local_save(Some(&local))?;
+    // Our VM name goes next to the lease only while we hold it (a stale one, from a crash,
+    // could pass for a migration source), and before the guard is checked (a handover
+    // starts only after reading it).
+    lf.set_owner_vms(&[])?;
     match client.acquire(&disk, sanlock::ACQUIRE_OWNER_NOWAIT) {
         Ok(()) => {
             held.acquired.push(disk);
+            lf.set_owner_vms(std::slice::from_ref(&vm))?;
             // The guard: held while another host waits to take this disk over.
             if let Some(h) = probe_guard(lib, client, &lf)? {
                 return Err(busy(format!(
@@ -625,7 +630,6 @@ pub fn acquire(
                     describe_holders(&lf, &h)
                 )));
             }
-            lf.set_owner_vms(std::slice::from_ref(&vm))?;
         }
         Err(e) if is_busy(e.rv) => {
             let owners = lib.read_owners(&disk).unwrap_or_default();
@@ -801,9 +805,15 @@ fn still_held(lib: &Sanlock, cfg: &Config, lf: &LeaseFile) -> Result<Option<Loca
     Ok(None)
 }
 
-/// Takes and gives back the guard; returns its holders when another host holds it.
+/// Whether another host holds the guard (returns its holders). Called with the disk lease
+/// held, when no new handover can start (one starts only against a held disk lease), so a
+/// guard that the on-disk owners show free is free: one read. Owners listed there may be
+/// dead hosts, which only sanlock can judge: then the guard is taken and given back.
 fn probe_guard(lib: &Sanlock, client: &Client, lf: &LeaseFile) -> Result<Option<Vec<u64>>> {
     let g = lf.guard(false)?;
+    if lib.read_owners(&g)?.is_empty() {
+        return Ok(None);
+    }
     match client.acquire(&g, sanlock::ACQUIRE_OWNER_NOWAIT) {
         Ok(()) => {
             client.release(&g)?;
