@@ -134,7 +134,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 "shared" => Kind::Shared,
                 _ => Kind::Exclusive,
             };
-            super::run_handover(&c, &hash, kind, Duration::from_secs(timeout))
+            super::handover::run(&c, &hash, kind, Duration::from_secs(timeout))
                 .inspect_err(|e| crate::log::err(&format!("{e:#}")))
         }
     }

@@ -30,6 +30,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod handover;
 pub mod identity;
 pub mod sanlock;
 
@@ -56,9 +57,6 @@ use sanlock::{Client, Resource, Sanlock};
 /// (`<lockspace>.<id>`), cleared at boot like every `/var/run` record (sanlock forgets
 /// orphans when its daemon restarts, too).
 pub const LOCAL_DIR: &str = "/var/run/xen-hotplug/xen-block-hotplug-lease";
-
-/// The handover acquirer's poll interval.
-const POLL: Duration = Duration::from_millis(200);
 
 static LIB: OnceLock<Sanlock> = OnceLock::new();
 
@@ -240,7 +238,7 @@ impl LeaseFile {
     }
 
     /// Publishes which VMs this host holds the lease for (atomically), or withdraws that.
-    fn set_owner_vms(&self, vms: &[String]) -> Result<()> {
+    pub(crate) fn set_owner_vms(&self, vms: &[String]) -> Result<()> {
         let path = self.owner_file(self.host_id);
         if vms.is_empty() {
             return match fs::remove_file(&path) {
@@ -308,11 +306,11 @@ impl LeaseFile {
         Path::new(LOCAL_DIR).join(format!("{}.{}", self.lockspace, self.host_id))
     }
 
-    fn local_lock(&self) -> Result<Lock> {
+    pub(crate) fn local_lock(&self) -> Result<Lock> {
         Lock::claim_in(&self.local_dir(), &format!("{}.lock", self.hash))
     }
 
-    fn local_load(&self) -> Result<Option<Local>> {
+    pub(crate) fn local_load(&self) -> Result<Option<Local>> {
         let p = self.local_dir().join(&self.hash);
         match fs::read_to_string(&p) {
             Ok(t) => Ok(Some(Local::from_record(&Record::parse(&t)?)?)),
@@ -321,7 +319,7 @@ impl LeaseFile {
         }
     }
 
-    fn local_save(&self, l: Option<&Local>) -> Result<()> {
+    pub(crate) fn local_save(&self, l: Option<&Local>) -> Result<()> {
         let p = self.local_dir().join(&self.hash);
         match l {
             Some(l) => {
@@ -394,7 +392,7 @@ pub struct Local {
 }
 
 impl Local {
-    fn vms(&self) -> Vec<String> {
+    pub(crate) fn vms(&self) -> Vec<String> {
         let mut v: Vec<String> = self.holders.iter().map(|(_, vm)| vm.clone()).collect();
         v.sort();
         v.dedup();
@@ -445,7 +443,7 @@ impl Local {
 }
 
 /// Whether a sanlock acquire failed because another host holds the lease.
-fn is_busy(rv: i32) -> bool {
+pub(crate) fn is_busy(rv: i32) -> bool {
     matches!(
         rv,
         sanlock::ACQUIRE_IDLIVE
@@ -676,7 +674,7 @@ pub fn acquire(
             held.acquired.push(guard);
             held.handover = true;
             lf.set_owner_vms(std::slice::from_ref(&vm))?;
-            local.acquirer = Some(spawn_acquirer(&lf, kind, cfg.handover_timeout)?);
+            local.acquirer = Some(handover::spawn_acquirer(&lf, kind, cfg.handover_timeout)?);
             lf.local_save(Some(&local))?;
             log::debug(&format!(
                 "lease of {}: handover from host(s) {others:?} for VM {vm}: acquirer {:?}",
@@ -847,114 +845,6 @@ pub fn describe_holders(lf: &LeaseFile, hosts: &[u64]) -> String {
         .join(", ")
 }
 
-/// Starts the detached handover acquirer: this binary again (`/proc/self/exe`), in its own
-/// process group, stdio on /dev/null, no other fd (std opens everything close-on-exec, and
-/// the acquirer closes anything else it finds before it starts).
-fn spawn_acquirer(lf: &LeaseFile, kind: Kind, timeout: u32) -> Result<u32> {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let child = Command::new("/proc/self/exe")
-        .arg0("xen-block-hotplug")
-        .args([
-            "lease",
-            "handover",
-            "--hash",
-            &lf.hash,
-            "--kind",
-            kind.as_str(),
-        ])
-        .args(["--timeout", &timeout.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("cannot start the lease handover acquirer")?;
-    Ok(child.id())
-}
-
-/// The handover acquirer's loop (`lease handover`): until `timeout`, takes the disk lease
-/// as soon as the source releases it, then drops the guard. Stops early when the local
-/// backend went away (its `remove` cleared the state).
-pub fn run_handover(cfg: &Config, hash: &str, kind: Kind, timeout: Duration) -> Result<()> {
-    close_inherited_fds();
-    let lf = LeaseFile {
-        lockspace: cfg.lockspace.clone(),
-        host_id: cfg.host_id,
-        dir: cfg.dir.clone(),
-        hash: hash.to_string(),
-    };
-    let lib = lib()?;
-    let client = lib.register()?;
-    let disk = lf.disk(kind)?;
-    let t0 = Instant::now();
-    let mut failures = 0;
-    loop {
-        {
-            let _l = lf.local_lock()?;
-            let Some(mut local) = lf.local_load()? else {
-                return Ok(());
-            };
-            if local.phase != Phase::Handover {
-                return Ok(());
-            }
-            match client.acquire(&disk, sanlock::ACQUIRE_OWNER_NOWAIT) {
-                Ok(()) => {
-                    lf.set_owner_vms(&local.vms())?;
-                    let guard = lf.guard(true)?;
-                    adopt_orphan(&client, &guard)?;
-                    client.release(&guard)?;
-                    local.phase = Phase::Held;
-                    local.acquirer = None;
-                    lf.local_save(Some(&local))?;
-                    log::debug(&format!(
-                        "lease of {}: handover complete after {} ms",
-                        local.identity,
-                        t0.elapsed().as_millis()
-                    ));
-                    return Ok(());
-                }
-                Err(e) if is_busy(e.rv) => failures = 0,
-                // The daemon went away or the storage fails: the guard stays held (other
-                // hosts stay refused) and this host's remove cleans up; no endless retries.
-                Err(e) if failures >= 25 => {
-                    bail!("lease handover of {}: giving up: {e}", local.identity)
-                }
-                Err(e) => {
-                    failures += 1;
-                    log::err(&format!("lease handover of {}: {e}", local.identity));
-                }
-            }
-            if t0.elapsed() > timeout {
-                // The guard stays held: other hosts stay refused until our remove.
-                bail!(
-                    "lease handover of {}: the source host did not release the disk within {} s; \
-                     the disk stays guarded until this host's remove",
-                    local.identity,
-                    timeout.as_secs()
-                );
-            }
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// Closes every fd above 2: nothing the parent had open (a lock, a sanlock connection)
-/// may live on in the acquirer.
-fn close_inherited_fds() {
-    let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    for fd in fds.into_iter().filter(|fd| *fd > 2) {
-        // The read_dir fd itself is already closed here; closing a stale number is harmless.
-        let _ = nix::unistd::close(fd);
-    }
-}
-
 /// `remove`: gives back what `rec` names for its backend. The last local holder releases
 /// the host's lease (adopting the orphan first); a handover still waiting is cancelled
 /// (its guard released). Nothing held any more is not an error.
@@ -1006,7 +896,10 @@ fn release_host_lease(lib: &Sanlock, lf: &LeaseFile, local: &Local) -> Result<()
 /// handover acquirer) right after the `add` exited may ask a moment too early, while the
 /// lease is still the add's (-EEXIST, -EAGAIN, -EBUSY) or not yet listed as an orphan
 /// (-ENOENT); those are retried for 2 s.
-fn adopt_orphan(client: &Client, res: &Resource) -> std::result::Result<(), sanlock::Error> {
+pub(crate) fn adopt_orphan(
+    client: &Client,
+    res: &Resource,
+) -> std::result::Result<(), sanlock::Error> {
     use nix::libc::{EAGAIN, EBUSY, EEXIST, ENOENT};
     let t0 = Instant::now();
     loop {
