@@ -22,6 +22,7 @@ mod helpers_iscsi;
 mod helpers_nbd;
 mod hostile;
 mod kill;
+mod lease;
 mod lock_interop;
 mod logging;
 mod loopdev;
