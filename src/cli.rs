@@ -54,7 +54,7 @@ enum Command {
     #[cfg(target_os = "linux")]
     #[command(flatten)]
     Admin(crate::admin::Command),
-    /// Cluster disk leases on sanlock (issue 15), configured in
+    /// Cluster disk leases on sanlock (one writer across hosts), configured in
     /// /etc/xen/xen-block-hotplug.conf: init, join, leave, status.
     #[cfg(target_os = "linux")]
     Lease(crate::lease::cmd::LeaseArgs),

@@ -2,7 +2,8 @@
 # Cluster leases (issue 15) on the installed layout: the `lease` commands of the installed
 # binary and the installed `block` symlink with LEASES=sanlock, against one real sanlock
 # daemon (its own SANLOCK_RUN_DIR, unprivileged, no watchdog) and a lease directory on
-# ext4 on a loop device. Several hosts are covered by tests/lease.rs.
+# ext4 on a loop device. Several hosts are covered by tests/it/lease.rs. The local lease
+# state is in the file's own lock directory (lib.bash), under xen-block-hotplug-lease/.
 
 load lib
 
@@ -43,7 +44,6 @@ teardown_file() {
     fi
     umount "$POOL/mnt" 2>/dev/null || true
     [ -f "$POOL/loop" ] && losetup -d "$(cat "$POOL/loop")" 2>/dev/null
-    rm -rf "/var/run/xen-hotplug/xen-block-hotplug-lease/$LS.1"
     xbh_teardown_file
 }
 
@@ -54,6 +54,9 @@ lease() { XEN_BLOCK_HOTPLUG_CONF="$CONF" "$(BIN_INSTALLED)" lease "$@"; }
 # The installed `block`, as libxl runs it, with this host's lease configuration.
 hotplug_leased() {
     env -i PATH="$PATH" XENSTORED_PATH="$XENSTORED_PATH" XEN_LOG_DIR="$XEN_LOG_DIR" \
+        XEN_BLOCK_HOTPLUG_LOCK_DIR="$XEN_BLOCK_HOTPLUG_LOCK_DIR" \
+        XEN_BLOCK_HOTPLUG_RECORD_DIR="$XEN_BLOCK_HOTPLUG_RECORD_DIR" \
+        XEN_BLOCK_HOTPLUG_SYSLOG="$XEN_BLOCK_HOTPLUG_SYSLOG" \
         XEN_BLOCK_HOTPLUG_CONF="$CONF" SANLOCK_RUN_DIR="$SANLOCK_RUN_DIR" \
         script="$SCRIPTS/block" XENBUS_TYPE=vbd XENBUS_PATH="$1" XENBUS_BASE_PATH=backend \
         "$SCRIPTS/block" "$2" </dev/null
