@@ -7,7 +7,9 @@
 //! blkback opens files itself, so it has nothing to attach), spells and parses
 //! `physical-device` (Linux blkback: `%x:%x`; NetBSD xbdback: decimal `dev_t`; FreeBSD: not
 //! read), lists the dom0 mounts, names the devices related to one (partitions, stacked
-//! devices), and says where the lock and the remove records live.
+//! devices), and says where the lock and the remove records live. Linux also takes and
+//! releases the cluster disk leases (issue 15, `lease`: sanlock exists there only); the
+//! other platforms take none (the trait's defaults).
 //!
 //! NetBSD and FreeBSD are compiled on every OS (their system calls behind a small trait or
 //! a cfg), so that Linux runs their rules in unit tests; Linux's loop ioctls only on Linux.

@@ -584,14 +584,13 @@ fn remove_releases_with_the_backend_nodes_gone() {
     let img2 = disk_image(&t, "disk2.img");
     let _c2 = Cleanup(img2.clone());
     let p2 = img2.to_str().unwrap();
-    for (params, image) in [(lo.path.as_str(), &img), (p2, &img2)] {
+    for (params, image, kind) in [(lo.path.as_str(), &img, "phy"), (p2, &img2, "loop")] {
         let v = hosts[0].vbd(params, "w", "vm-a");
         hosts[0].add_ok(&v);
+        let rec = fs::read_to_string(record_path(&v)).unwrap();
         assert!(
-            fs::read_to_string(record_path(&v))
-                .unwrap()
-                .contains("lease-hash="),
-            "the remove record names the lease"
+            rec.contains("lease-hash=") && rec.contains(&format!("kind={kind}\n")),
+            "the remove record names the lease: {rec}"
         );
         let other = hosts[1].vbd(params, "w", "vm-b");
         hosts[1].add_busy(&other, image);
