@@ -83,3 +83,74 @@ pub fn release<P: Platform>(p: &P, rec: &Record) -> Result<()> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::path::PathBuf;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::devnum::DevNum;
+    use crate::record::LeaseKind;
+
+    /// A lease that says whether it was kept or given back (dropped).
+    struct Fake(Rc<Cell<&'static str>>);
+
+    impl TakenLease for Fake {
+        fn record(&self) -> record::Lease {
+            record::Lease {
+                lockspace: "pool".into(),
+                host_id: 1,
+                dir: PathBuf::from("/srv/l"),
+                hash: "0".repeat(64),
+                kind: LeaseKind::Exclusive,
+                vm: "u".into(),
+                holder: "backend-vbd-5-768".into(),
+            }
+        }
+        fn keep(self: Box<Self>) {
+            self.0.set("kept");
+            std::mem::forget(self);
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            self.0.set("given back");
+        }
+    }
+
+    fn loop_record() -> Record {
+        Record::Loop(record::Loop {
+            backend: None,
+            params: None,
+            backing: (DevNum::new(8, 1), 12),
+            device: record::Device {
+                path: "/dev/loop3".into(),
+                rdev: DevNum::new(7, 3),
+                diskseq: None,
+            },
+            lease: None,
+        })
+    }
+
+    #[test]
+    fn the_record_names_the_lease_and_only_a_kept_lease_stays() {
+        let state = Rc::new(Cell::new("taken"));
+        let l = AddLease(Some(Box::new(Fake(state.clone()))));
+        let rec = l.stamp(&loop_record()).unwrap();
+        assert_eq!(
+            rec.lease().map(|l| l.holder.as_str()),
+            Some("backend-vbd-5-768")
+        );
+        l.keep();
+        assert_eq!(state.get(), "kept");
+        // A failed add drops its lease: given back.
+        let state = Rc::new(Cell::new("taken"));
+        drop(AddLease(Some(Box::new(Fake(state.clone())))));
+        assert_eq!(state.get(), "given back");
+        // Without a lease the record is unchanged.
+        assert_eq!(AddLease(None).stamp(&loop_record()).unwrap(), loop_record());
+    }
+}
