@@ -807,3 +807,41 @@ fn bad_configuration_is_a_clear_error() {
     assert_eq!(r.status, 0, "{r:?}");
     assert!(pool.lease_files().is_empty());
 }
+
+#[test]
+fn sweep_releases_the_lease_of_an_orphan_loop() {
+    let pool = Pool::new();
+    let hosts = pool.hosts(2);
+    let t = TempDir::new("lease-sweep");
+    let img = disk_image(&t, "disk.img");
+    let _c = Cleanup(img.clone());
+    let p = img.to_str().unwrap();
+    let v = hosts[0].vbd(p, "w", "vm-a");
+    hosts[0].add_ok(&v);
+    // The backend vanished without a remove: its loop and record stay, and so does the
+    // lease, until the operator's sweep mends it.
+    hosts[0].xs.rm(&v.path);
+    let other = hosts[1].vbd(p, "w", "vm-b");
+    hosts[1].add_busy(&other, &img);
+    let mut cmd = Command::new(BIN);
+    let out = hosts[0]
+        .xs
+        .hermetic(&mut cmd)
+        .args(["sweep", "--apply"])
+        .envs(hosts[0].env())
+        .env("XENSTORED_PATH", &hosts[0].xs.socket)
+        .env("XEN_LOG_DIR", hosts[0].xs.dir.join("log"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {out:?}");
+    assert!(stdout.contains("detached"), "{stdout}");
+    assert!(!record_path(&v).exists() && loops_of(&img).is_empty());
+    assert!(
+        hosts[0].local_state().is_empty(),
+        "the lease went with the record"
+    );
+    hosts[1].add_ok(&other);
+    hosts[1].remove_ok(&other);
+}
