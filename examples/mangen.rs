@@ -38,32 +38,46 @@ fn main() -> std::io::Result<()> {
 fn commands(cmd: &clap::Command, page: &mut Vec<u8>) -> std::io::Result<()> {
     let mut cmd = cmd.clone();
     cmd.build();
-    let subs: Vec<clap::Command> = cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-        .cloned()
-        .collect();
+    let subs = visible(&cmd);
     if subs.is_empty() {
         return Ok(());
     }
     writeln!(page, ".SH COMMANDS")?;
-    for mut sub in subs {
-        let usage = sub.render_usage().to_string();
-        let usage = usage.trim_start_matches("Usage: ");
-        writeln!(page, ".SS \"{}\"", roff_escape(usage))?;
-        let about = sub
-            .get_long_about()
-            .or_else(|| sub.get_about())
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        for para in about.split("\n\n") {
-            writeln!(page, ".PP\n{}", roff_escape(para.trim()))?;
-        }
-        let mut opts = Vec::new();
-        clap_mangen::Man::new(sub.clone()).render_options_section(&mut opts)?;
-        // clap_mangen heads them `.SH OPTIONS`; here they belong to the command's subsection.
-        let opts = String::from_utf8_lossy(&opts).replace(".SH OPTIONS\n", "");
-        page.write_all(opts.as_bytes())?;
+    for sub in subs {
+        command(sub, page)?;
+    }
+    Ok(())
+}
+
+/// The subcommands shown: not hidden, not clap's `help`.
+fn visible(cmd: &clap::Command) -> Vec<clap::Command> {
+    cmd.get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        .cloned()
+        .collect()
+}
+
+/// One command's subsection; a group of commands (`lease`) is followed by one subsection
+/// per command in it.
+fn command(mut sub: clap::Command, page: &mut Vec<u8>) -> std::io::Result<()> {
+    let usage = sub.render_usage().to_string();
+    let usage = usage.trim_start_matches("Usage: ");
+    writeln!(page, ".SS \"{}\"", roff_escape(usage))?;
+    let about = sub
+        .get_long_about()
+        .or_else(|| sub.get_about())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    for para in about.split("\n\n") {
+        writeln!(page, ".PP\n{}", roff_escape(para.trim()))?;
+    }
+    let mut opts = Vec::new();
+    clap_mangen::Man::new(sub.clone()).render_options_section(&mut opts)?;
+    // clap_mangen heads them `.SH OPTIONS`; here they belong to the command's subsection.
+    let opts = String::from_utf8_lossy(&opts).replace(".SH OPTIONS\n", "");
+    page.write_all(opts.as_bytes())?;
+    for nested in visible(&sub) {
+        command(nested, page)?;
     }
     Ok(())
 }

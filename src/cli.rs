@@ -54,6 +54,10 @@ enum Command {
     #[cfg(target_os = "linux")]
     #[command(flatten)]
     Admin(crate::admin::Command),
+    /// Cluster disk leases on sanlock (one writer across hosts), configured in
+    /// /etc/xen/xen-block-hotplug.conf: init, join, leave, status.
+    #[cfg(target_os = "linux")]
+    Lease(crate::lease::cmd::LeaseArgs),
 }
 
 /// The whole command line as clap sees it, for the man page generator (`examples/mangen.rs`).
@@ -80,6 +84,8 @@ pub fn main() -> ExitCode {
                 (Some(Command::Host(c)), _) => return activate::run(c),
                 #[cfg(target_os = "linux")]
                 (Some(Command::Admin(c)), _) => return crate::admin::run(c),
+                #[cfg(target_os = "linux")]
+                (Some(Command::Lease(c)), _) => return crate::lease::cmd::main(c),
                 (None, Some(script)) => script,
                 // clap requires one of the two
                 (None, None) => return ExitCode::from(2),

@@ -19,6 +19,9 @@ pub mod deadline;
 pub mod devnum;
 pub mod exec;
 pub mod invocation;
+// sanlock, and so the cluster leases, exist on Linux only.
+#[cfg(target_os = "linux")]
+pub mod lease;
 pub mod lock;
 pub mod log;
 pub mod mode;

@@ -10,7 +10,10 @@
 //! One typed value per kind of attachment ([`Record`]), one encoder and one decoder. The
 //! file format is the one earlier releases wrote, so records left by them across an
 //! upgrade are read unchanged: `key=value` lines sorted by key, `kind` naming the
-//! attachment (`loop`, `vnd`, `iscsi`, `nbd`, `drbd`).
+//! attachment (`loop`, `vnd`, `iscsi`, `nbd`, `drbd`, and `phy` for a device handed over
+//! as it is that took a cluster lease). A cluster lease (issue 15, `lease`) is kept as the
+//! `lease-*` fields of a `loop` or `phy` record ([`Lease`]); records without them (all
+//! those of earlier releases) hold no lease.
 //!
 //! Decoding policy, the same for every kind and field:
 //! * a field `remove` needs (the device to detach, the session to log out of) is required:
@@ -59,6 +62,61 @@ pub struct Loop {
     pub backing: (DevNum, u64),
     /// The loop device.
     pub device: Device,
+    /// The cluster lease taken for the image (`lease-*` fields), if any.
+    pub lease: Option<Lease>,
+}
+
+/// A device handed to the guest as it is (`phy`), recorded only because `add` took a
+/// cluster lease on it: `remove` releases the lease, there is nothing to detach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Phy {
+    pub backend: Option<String>,
+    /// The device as published (for people reading the file).
+    pub params: Option<String>,
+    pub lease: Lease,
+}
+
+/// Exclusive (`w`) or shared (`r`): the two kinds of cluster lease (field `lease-kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseKind {
+    Exclusive,
+    Shared,
+}
+
+impl LeaseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Exclusive => "exclusive",
+            LeaseKind::Shared => "shared",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LeaseKind> {
+        match s {
+            "exclusive" => Some(LeaseKind::Exclusive),
+            "shared" => Some(LeaseKind::Shared),
+            _ => None,
+        }
+    }
+}
+
+/// What `remove` needs to release a cluster lease (issue 15, `lease::release`): enough
+/// without the backend nodes and without the configuration, which may have changed since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The sanlock lockspace: 1..=48 bytes of letters, digits, `-`, `_`, `.`.
+    pub lockspace: String,
+    /// This host's id in it (decimal).
+    pub host_id: u64,
+    /// `LEASE_DIR`, absolute.
+    pub dir: PathBuf,
+    /// The lower-case hex SHA-256 of the disk's identity: the lease file's name.
+    pub hash: String,
+    pub kind: LeaseKind,
+    /// The frontend's VM UUID (`unknown` when it has no `vm` node).
+    pub vm: String,
+    /// The backend the lease is held for: its record key (`BackendPath::record_key`).
+    pub holder: String,
 }
 
 /// A `vnd(4)` unit configured with an image file by `block` on NetBSD.
@@ -127,6 +185,7 @@ pub enum Record {
     Iscsi(Iscsi),
     Nbd(Nbd),
     Drbd(Drbd),
+    Phy(Phy),
 }
 
 /// Why a record could not be encoded, decoded, saved, loaded or deleted.
@@ -199,6 +258,18 @@ impl Out {
         }
     }
 
+    fn lease(&mut self, l: Option<&Lease>) {
+        if let Some(l) = l {
+            self.put("lease-lockspace", l.lockspace.as_str());
+            self.put("lease-host-id", l.host_id.to_string());
+            self.put("lease-dir", l.dir.to_string_lossy());
+            self.put("lease-hash", l.hash.as_str());
+            self.put("lease-kind", l.kind.as_str());
+            self.put("lease-vm", l.vm.as_str());
+            self.put("lease-holder", l.holder.as_str());
+        }
+    }
+
     fn device(&mut self, d: Option<&Device>) {
         if let Some(d) = d {
             self.put("node", d.path.as_str());
@@ -238,6 +309,25 @@ impl<'t> In<'t> {
         self.0.get(k).map(|v| (*v).to_string())
     }
 
+    /// The `lease-*` fields: `lease-hash` says whether there is a lease; then every field
+    /// is required.
+    fn lease(&self) -> Result<Option<Lease>, RecordError> {
+        let Some(hash) = self.opt("lease-hash", lease_hash)? else {
+            return Ok(None);
+        };
+        Ok(Some(Lease {
+            lockspace: self.req("lease-lockspace", lockspace)?,
+            host_id: self.req("lease-host-id", dec)?,
+            dir: self.req("lease-dir", |s| {
+                s.starts_with('/').then(|| PathBuf::from(s))
+            })?,
+            hash,
+            kind: self.req("lease-kind", LeaseKind::parse)?,
+            vm: self.req("lease-vm", |s| Some(s.to_string()))?,
+            holder: self.req("lease-holder", |s| Some(s.to_string()))?,
+        }))
+    }
+
     /// `node`, `rdev` and `diskseq`: all absent, or `node` and `rdev` both present.
     fn device(&self) -> Result<Option<Device>, RecordError> {
         let path = self.text("node");
@@ -269,6 +359,21 @@ fn dec<T: std::str::FromStr>(s: &str) -> Option<T> {
         return None;
     }
     s.parse().ok()
+}
+
+/// 64 lower-case hex digits (`lease::Identity::hash`).
+fn lease_hash(s: &str) -> Option<String> {
+    (s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| s.to_string())
+}
+
+/// A sanlock name (`SANLK_NAME_LEN`, 48 bytes) as `lease::config::check_name` accepts it.
+fn lockspace(s: &str) -> Option<String> {
+    (!s.is_empty()
+        && s.len() <= 48
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+    .then(|| s.to_string())
 }
 
 fn mode(s: &str) -> Option<Mode> {
@@ -305,7 +410,28 @@ impl Record {
             Record::Iscsi(_) => "iscsi",
             Record::Nbd(_) => "nbd",
             Record::Drbd(_) => "drbd",
+            Record::Phy(_) => "phy",
         }
+    }
+
+    /// The cluster lease the record names (`loop` and `phy` records may name one).
+    pub fn lease(&self) -> Option<&Lease> {
+        match self {
+            Record::Loop(r) => r.lease.as_ref(),
+            Record::Phy(r) => Some(&r.lease),
+            _ => None,
+        }
+    }
+
+    /// Names `lease` in the record. Errors (`Unstorable`) for the kinds that cannot carry a
+    /// lease: only `block`'s devices take one, and only `loop` and `phy` records keep it.
+    pub fn set_lease(&mut self, lease: Lease) -> Result<(), RecordError> {
+        match self {
+            Record::Loop(r) => r.lease = Some(lease),
+            Record::Phy(r) => r.lease = lease,
+            _ => return Err(RecordError::Unstorable("lease-hash")),
+        }
+        Ok(())
     }
 
     /// The backend path the record was made for, when it says.
@@ -316,6 +442,7 @@ impl Record {
             Record::Iscsi(r) => r.backend.as_deref(),
             Record::Nbd(r) => r.backend.as_deref(),
             Record::Drbd(r) => r.backend.as_deref(),
+            Record::Phy(r) => r.backend.as_deref(),
         }
     }
 
@@ -332,6 +459,7 @@ impl Record {
                     format!("{}:{}", r.backing.0.to_linux_hex(), r.backing.1),
                 );
                 o.device(Some(&r.device));
+                o.lease(r.lease.as_ref());
             }
             Record::Vnd(r) => {
                 o.opt("params", r.params.as_deref());
@@ -363,6 +491,10 @@ impl Record {
                     o.put("promoted", "1");
                 }
                 o.device(r.device.as_ref());
+            }
+            Record::Phy(r) => {
+                o.opt("params", r.params.as_deref());
+                o.lease(Some(&r.lease));
             }
         }
         let mut s = String::new();
@@ -399,6 +531,7 @@ impl Record {
                 params: f.text("params"),
                 backing: f.req("backing", loop_backing)?,
                 device: f.device()?.ok_or(RecordError::Missing("node"))?,
+                lease: f.lease()?,
             }),
             Some("vnd") => Record::Vnd(Vnd {
                 backend,
@@ -431,6 +564,11 @@ impl Record {
                 dev_path: f.text("device"),
                 promoted: f.opt("promoted", flag)?.unwrap_or(false),
                 device: f.device()?,
+            }),
+            Some("phy") => Record::Phy(Phy {
+                backend,
+                params: f.text("params"),
+                lease: f.lease()?.ok_or(RecordError::Missing("lease-hash"))?,
             }),
             k => return Err(RecordError::Kind(k.map(str::to_string))),
         })
@@ -547,6 +685,18 @@ mod tests {
         }
     }
 
+    fn lease(kind: LeaseKind) -> Lease {
+        Lease {
+            lockspace: "pool".into(),
+            host_id: 7,
+            dir: "/srv/l".into(),
+            hash: "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881".into(),
+            kind,
+            vm: "0f0e".into(),
+            holder: "backend-vbd-5-51712".into(),
+        }
+    }
+
     fn every_kind() -> Vec<Record> {
         vec![
             Record::Loop(Loop {
@@ -558,6 +708,23 @@ mod tests {
                     rdev: DevNum::new(7, 3),
                     diskseq: None,
                 },
+                lease: None,
+            }),
+            Record::Loop(Loop {
+                backend: Some("backend/vbd/5/51713".into()),
+                params: Some("/srv/b.img".into()),
+                backing: (DevNum::new(0xfe, 0), 1235),
+                device: Device {
+                    path: "/dev/loop4".into(),
+                    rdev: DevNum::new(7, 4),
+                    diskseq: Some(9),
+                },
+                lease: Some(lease(LeaseKind::Shared)),
+            }),
+            Record::Phy(Phy {
+                backend: Some("backend/vbd/5/51714".into()),
+                params: Some("/dev/sdb".into()),
+                lease: lease(LeaseKind::Exclusive),
             }),
             Record::Vnd(Vnd {
                 backend: Some("backend/vbd/5/768".into()),
@@ -639,7 +806,7 @@ mod tests {
     #[test]
     fn the_fuzz_seeds_read_and_write_back_byte_for_byte() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/record");
-        for name in ["rec", "vnd", "iscsi", "nbd", "drbd"] {
+        for name in ["rec", "vnd", "iscsi", "nbd", "drbd", "phy", "leased"] {
             let text = fs::read_to_string(format!("{dir}/{name}")).unwrap();
             let r = Record::decode(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(r.encode().unwrap(), text, "{name}");
@@ -700,6 +867,7 @@ mod tests {
             ("kind=nbd\n", "no device"),
             ("device=/dev/nbd0\ndiskseq=1\nkind=nbd\n", "no node"),
             ("kind=drbd\npromoted=yes\nresource=r0\n", "bad promoted"),
+            ("kind=phy\nparams=/dev/sdb\n", "no lease-hash"),
         ];
         for (text, want) in cases {
             let e = Record::decode(text).unwrap_err().to_string();
@@ -715,9 +883,45 @@ mod tests {
             let e = Record::decode(&text).unwrap_err().to_string();
             assert!(e.contains("bad diskseq"), "{text:?}: {e}");
         }
+        // A lease named by its hash needs every other lease field, each valid.
+        let leased = fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/seeds/record/leased"
+        ))
+        .unwrap();
+        for (field, bad, want) in [
+            ("lease-hash", "2D71", "bad lease-hash"),
+            ("lease-lockspace", "a:b", "bad lease-lockspace"),
+            ("lease-host-id", "x", "bad lease-host-id"),
+            ("lease-dir", "srv/l", "bad lease-dir"),
+            ("lease-kind", "both", "bad lease-kind"),
+            ("lease-vm", "", ""),
+        ] {
+            let text: String = leased
+                .lines()
+                .map(|l| match l.split_once('=') {
+                    Some((k, _)) if k == field && !want.is_empty() => format!("{k}={bad}\n"),
+                    Some((k, _)) if k == field => String::new(),
+                    _ => format!("{l}\n"),
+                })
+                .collect();
+            let e = Record::decode(&text).unwrap_err().to_string();
+            let want = if want.is_empty() { "no lease-vm" } else { want };
+            assert!(e.contains(want), "{field}: {e}");
+        }
         // Unknown keys are ignored; a '\r' is part of a value.
         let r = Record::decode(&format!("{loop_ok}future=1\n")).unwrap();
         assert_eq!(r, Record::decode(loop_ok).unwrap());
+    }
+
+    #[test]
+    fn only_loop_and_phy_records_carry_a_lease() {
+        let l = lease(LeaseKind::Exclusive);
+        for mut r in every_kind() {
+            let can = matches!(r, Record::Loop(_) | Record::Phy(_));
+            assert_eq!(r.set_lease(l.clone()).is_ok(), can, "{r:?}");
+            assert_eq!(r.lease() == Some(&l), can, "{r:?}");
+        }
     }
 
     #[test]

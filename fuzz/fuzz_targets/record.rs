@@ -8,7 +8,9 @@
 use libfuzzer_sys::fuzz_target;
 use xen_block_hotplug::devnum::DevNum;
 use xen_block_hotplug::mode::Mode;
-use xen_block_hotplug::record::{Device, Drbd, Iscsi, Loop, Nbd, Record, Vnd};
+use xen_block_hotplug::record::{
+    Device, Drbd, Iscsi, Lease, LeaseKind, Loop, Nbd, Phy, Record, Vnd,
+};
 
 fn round_trip(r: &Record) {
     match r.encode() {
@@ -39,6 +41,16 @@ fuzz_target!(|data: &[u8]| {
         rdev: DevNum::new(n & 0xfff, n >> 12),
         diskseq: b.as_ref().map(|_| n.rotate_left(7)),
     });
+    // Lockspace and hash are checked on decode; the other lease fields are free text.
+    let lease = Lease {
+        lockspace: "pool".into(),
+        host_id: n,
+        dir: format!("/{}", a.clone().unwrap_or_default()).into(),
+        hash: format!("{:064x}", u128::from(n)),
+        kind: [LeaseKind::Exclusive, LeaseKind::Shared][(n & 1) as usize],
+        vm: b.clone().unwrap_or_default(),
+        holder: c.clone().unwrap_or_default(),
+    };
     let mode = [Mode::Read, Mode::Write, Mode::Force][(n % 3) as usize];
     for r in [
         Record::Loop(Loop {
@@ -50,6 +62,12 @@ fuzz_target!(|data: &[u8]| {
                 rdev: DevNum::new(n >> 3, n >> 5),
                 diskseq: None,
             },
+            lease: (n & 2 == 2).then(|| lease.clone()),
+        }),
+        Record::Phy(Phy {
+            backend: a.clone(),
+            params: c.clone(),
+            lease: lease.clone(),
         }),
         Record::Vnd(Vnd {
             backend: c.clone(),

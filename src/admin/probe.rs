@@ -344,6 +344,15 @@ pub fn delete_record(key: &str) -> Result<()> {
     HOST.delete_record(key)
 }
 
+/// Releases the cluster lease (issue 15) a record names, if any (`Platform::release_lease`):
+/// a record deleted by sweep takes its lease with it, as remove's would.
+pub fn release_lease(rec: &Record) -> Result<()> {
+    match rec.lease() {
+        Some(l) => HOST.release_lease(l),
+        None => Ok(()),
+    }
+}
+
 /// The record key of the backend at `path` of `kind` (`BackendPath::record_key`); `None`
 /// when the path is not a backend's.
 pub fn record_key(path: &str, kind: &str) -> Option<String> {

@@ -201,6 +201,7 @@ fn mend_one(store: &dyn Store, m: &Mend) -> Result<Done> {
     } else {
         format!("{} is not ours any more", a.path)
     };
+    probe::release_lease(&m.record)?; // cluster lease (issue 15), as remove does
     probe::delete_record(&m.key)?;
     Ok(Done {
         what: format!("{what}; deleted the record {}", m.key),

@@ -28,12 +28,13 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use super::lease::{self, AddLease};
 use crate::backend::Backend;
 use crate::invocation::Action;
 use crate::lock::{self, Lock};
 use crate::log;
 use crate::mode::Mode;
-use crate::platform::{Device, FileTarget, Identity, LegacyNodes, Platform, Target};
+use crate::platform::{Device, FileTarget, Identity, LeaseDisk, LegacyNodes, Platform, Target};
 use crate::record::Record;
 use crate::report::{busy, gone};
 use crate::request::{
@@ -193,7 +194,14 @@ fn add_device<P: Platform>(
         return Err(busy(sharing::busy_message(&what, check.mode, &h)));
     }
     let pd = p.format_physical_device(dev.ident);
-    be.write_dev(None, &dev.path, pd.as_deref(), seq)?;
+    // --- cluster lease (issue 15): after the local check, recorded before publishing.
+    let key = be.path.record_key();
+    let lease = AddLease::take(p, LeaseDisk::Device(&dev), check, &key)?;
+    lease.save_phy(p, be, &key, &dev.path)?;
+    be.write_dev(None, &dev.path, pd.as_deref(), seq)
+        .inspect_err(|_| lease.forget_phy(p, &key))?;
+    lease.keep();
+    // --- end cluster lease
     log_held(&lock);
     Ok(())
 }
@@ -214,6 +222,7 @@ fn add_file<P: Platform>(
     if let Some(old) = p.load_record(&key)? {
         log::err(&format!("{key}: cleaning up an unfinished earlier attach"));
         p.detach_recorded(&old)?;
+        lease::release(p, &old)?; // cluster lease (issue 15)
         p.delete_record(&key)?;
     }
     require_init_wait(be)?;
@@ -265,7 +274,11 @@ fn add_file<P: Platform>(
         }
     }
 
-    let save = |r: &Record| p.save_record(&key, r);
+    // --- cluster lease (issue 15): after the local check, before the device is made;
+    // named in the remove record, given back by its drop if the add fails.
+    let lease = AddLease::take(p, LeaseDisk::File(&file), check, &key)?;
+    let save = |r: &Record| p.save_record(&key, &lease.stamp(r)?);
+    // --- end cluster lease
     let attached = p
         .attach(&file, opened, read_only, &be.path.path, &save)
         .inspect_err(|_| {
@@ -286,7 +299,7 @@ fn add_file<P: Platform>(
         let _ = p.delete_record(&key);
         e
     };
-    p.save_record(&key, &attached.record).map_err(undo)?;
+    save(&attached.record).map_err(undo)?;
     let pd = p.format_physical_device(Identity::Dev(attached.rdev));
     be.write_dev(
         Some((P::ATTACHED_NODE, &attached.path)),
@@ -295,6 +308,7 @@ fn add_file<P: Platform>(
         attached.diskseq,
     )
     .map_err(undo)?;
+    lease.keep(); // cluster lease (issue 15)
     log_held(&lock);
     Ok(())
 }
@@ -312,6 +326,12 @@ fn remove<P: Platform>(p: &P, be: &Backend, script: &Script) -> Result<()> {
         if rec.kind() == P::RECORD_KIND {
             let _lock = claim_lock(p)?;
             p.detach_recorded(&rec)?;
+            lease::release(p, &rec)?; // cluster lease (issue 15): once the device is gone
+            p.delete_record(&key)?;
+        } else if let Record::Phy(_) = rec {
+            // --- cluster lease (issue 15): a phy backend's record only names its lease.
+            let _lock = claim_lock(p)?;
+            lease::release(p, &rec)?;
             p.delete_record(&key)?;
         } else {
             // Written by another personality (block-iscsi, ...) for this backend: its own

@@ -10,6 +10,7 @@ pub mod block;
 pub mod drbd;
 pub mod helper;
 pub mod iscsi;
+pub mod lease;
 pub mod nbd;
 pub mod parse;
 

@@ -174,6 +174,7 @@ fn record_of<R: Rules>(backend: &str, file: &FileTarget, rdev: DevNum, node: &st
                 rdev,
                 diskseq: None,
             },
+            lease: None,
         })
     }
 }

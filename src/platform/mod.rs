@@ -7,7 +7,9 @@
 //! blkback opens files itself, so it has nothing to attach), spells and parses
 //! `physical-device` (Linux blkback: `%x:%x`; NetBSD xbdback: decimal `dev_t`; FreeBSD: not
 //! read), lists the dom0 mounts, names the devices related to one (partitions, stacked
-//! devices), and says where the lock and the remove records live.
+//! devices), and says where the lock and the remove records live. Linux also takes and
+//! releases the cluster disk leases (issue 15, `lease`: sanlock exists there only); the
+//! other platforms take none (the trait's defaults).
 //!
 //! NetBSD and FreeBSD are compiled on every OS (their system calls behind a small trait or
 //! a cfg), so that Linux runs their rules in unit tests; Linux's loop ioctls only on Linux.
@@ -20,6 +22,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::devnum::DevNum;
+use crate::mode::Mode;
 use crate::mountinfo::Mount;
 use crate::record::{self, Record};
 
@@ -134,6 +137,22 @@ pub struct LegacyNodes {
     pub diskseq: Option<String>,
 }
 
+/// A disk `block` hands to a guest, as a cluster lease (issue 15) names it.
+#[derive(Clone, Copy, Debug)]
+pub enum LeaseDisk<'a> {
+    Device(&'a Device),
+    File(&'a FileTarget),
+}
+
+/// A cluster lease an `add` took (`Platform::take_lease`): given back when dropped, so a
+/// failed add releases what it took, unless [`TakenLease::keep`] was called.
+pub trait TakenLease {
+    /// What the remove record keeps, so that `remove` can release the lease.
+    fn record(&self) -> record::Lease;
+    /// The add succeeded: the host keeps the lease after this process exits.
+    fn keep(self: Box<Self>);
+}
+
 /// Everything the `block` applet and the sharing check need from one dom0 OS.
 pub trait Platform {
     /// The node whose presence means add has already run (libxl may call add twice): the
@@ -231,6 +250,32 @@ pub trait Platform {
 
     /// The dom0 mounts, with device numbers.
     fn local_mounts(&self) -> Result<Vec<Mount>>;
+
+    /// The cluster lease (issue 15, README "Cluster leases") `add` takes on `disk` for the
+    /// backend whose record key is `key`, after the local sharing check passed and under
+    /// the `block` lock: exclusive for `w`, shared for `r`. `vm` is the frontend's `vm`
+    /// node. `None` where leases are off (the configuration, mode `w!`) and on every OS
+    /// without sanlock (the default). Errors: `busy` when another host holds the disk;
+    /// an error when the lease manager cannot be used (never a silent fallback).
+    fn take_lease(
+        &self,
+        _disk: LeaseDisk<'_>,
+        _mode: Mode,
+        _vm: &str,
+        _key: &str,
+    ) -> Result<Option<Box<dyn TakenLease>>> {
+        Ok(None)
+    }
+
+    /// `remove`: gives back the lease a remove record names (`Record::lease`). Nothing
+    /// held any more is not an error. Errors on an OS without cluster leases.
+    fn release_lease(&self, lease: &record::Lease) -> Result<()> {
+        anyhow::bail!(
+            "the remove record names a cluster lease in lockspace {}, but cluster leases \
+             exist on Linux only",
+            lease.lockspace
+        )
+    }
 
     /// Where the `block` lock lives.
     fn lock_dir(&self) -> PathBuf {

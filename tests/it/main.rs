@@ -1,8 +1,8 @@
 //! The integration tests, one binary (`cargo test --test it`): the harness (`common`, `rel`,
 //! `fakes`) is compiled once, and every item of it is used by some test.
 //!
-//! They need root, the host's loop devices and Debian's oxenstored and xenstore tools
-//! (`tests/support/install-deps`), and are hermetic otherwise: every test gets its own
+//! They need root, the host's loop devices, Debian's oxenstored and xenstore tools and
+//! sanlock (`lease`; `tests/support/install-deps`), and are hermetic otherwise: every test gets its own
 //! daemon, lock directory, remove-record directory and syslog socket (`common::Xenstored`),
 //! so nothing is written under the host's `/var/run/xen-hotplug`.
 #![cfg(target_os = "linux")]
@@ -23,6 +23,7 @@ mod helpers_iscsi;
 mod helpers_nbd;
 mod hostile;
 mod kill;
+mod lease;
 mod lock_interop;
 mod logging;
 mod loopdev;

@@ -19,13 +19,25 @@ use crate::mountinfo::{self, Mount};
 use crate::record::{self, Record};
 
 use super::{
-    Attached, Attachment, Device, FileTarget, Identity, LegacyNodes, Opened, Platform, Target,
-    expand, unusable,
+    Attached, Attachment, Device, FileTarget, Identity, LeaseDisk, LegacyNodes, Opened, Platform,
+    TakenLease, Target, expand, unusable,
 };
+use crate::lease;
+use crate::mode::Mode;
 use blkdev::split_dev;
 use loopdev::Detach;
 
 pub use sysfs::related_devices;
+
+impl TakenLease for lease::Held {
+    fn record(&self) -> record::Lease {
+        self.record.clone()
+    }
+
+    fn keep(self: Box<Self>) {
+        lease::Held::keep(*self);
+    }
+}
 
 /// The Linux platform.
 #[derive(Clone, Copy, Debug, Default)]
@@ -236,6 +248,7 @@ impl Platform for Linux {
                 rdev: DevNum::new(0, 0),
                 diskseq: None,
             },
+            lease: None,
         };
         let (attached, loopfd) = loopdev::attach(&backing, &file.path, read_only, |node, rdev| {
             rec.device.path = node.to_string();
@@ -346,5 +359,25 @@ impl Platform for Linux {
 
     fn local_mounts(&self) -> Result<Vec<Mount>> {
         local_mounts()
+    }
+
+    /// sanlock leases (`lease`): a device by its stable `/dev/disk/by-id` name, a file by
+    /// its canonical path.
+    fn take_lease(
+        &self,
+        disk: LeaseDisk<'_>,
+        mode: Mode,
+        vm: &str,
+        key: &str,
+    ) -> Result<Option<Box<dyn TakenLease>>> {
+        let id = match disk {
+            LeaseDisk::Device(d) => lease::Identity::of_block(&d.path, d.ident.dev()),
+            LeaseDisk::File(f) => lease::Identity::of_file(&f.path),
+        };
+        Ok(lease::for_add(key, &id, mode, vm)?.map(|h| Box::new(h) as Box<dyn TakenLease>))
+    }
+
+    fn release_lease(&self, l: &record::Lease) -> Result<()> {
+        lease::release(l)
     }
 }
