@@ -31,6 +31,35 @@ const MAX_CONNS: usize = 4;
 /// A batch smaller than this stays on the first connection.
 const PER_EXTRA_CONN: usize = 2 * WINDOW;
 
+/// Appends one request of type `ty` in transaction `tx` (0: none) to `out`, framed as
+/// xs_wire.h's `struct xsd_sockmsg` (type, request id, tx id, length; little-endian u32s)
+/// and its payload; the id is `*next_id`, which then moves on (wrapping). A payload over
+/// `PAYLOAD_MAX` is an `InvalidData` error, with nothing appended and no id used.
+pub(crate) fn encode(
+    next_id: &mut u32,
+    ty: u32,
+    tx: u32,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<u32> {
+    if payload.len() > PAYLOAD_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "request of {} bytes is over xenstore's {PAYLOAD_MAX}",
+                payload.len()
+            ),
+        ));
+    }
+    let id = *next_id;
+    *next_id = next_id.wrapping_add(1);
+    for v in [ty, id, tx, payload.len() as u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(payload);
+    Ok(id)
+}
+
 /// One connection: requests out, replies in, matched by request id.
 struct Conn {
     sock: UnixStream,
@@ -58,22 +87,7 @@ impl Conn {
 
     /// Appends one request to `out`, returning its id.
     fn encode(&mut self, ty: u32, payload: &[u8], out: &mut Vec<u8>) -> io::Result<u32> {
-        if payload.len() > PAYLOAD_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "request of {} bytes is over xenstore's {PAYLOAD_MAX}",
-                    payload.len()
-                ),
-            ));
-        }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        for v in [ty, id, 0, payload.len() as u32] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(payload);
-        Ok(id)
+        encode(&mut self.next_id, ty, 0, payload, out)
     }
 
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
