@@ -270,6 +270,23 @@ pub fn unusable(e: &io::Error, path: &str) -> Option<String> {
     Some(format!("{what} ({path})"))
 }
 
+/// `r`, the opening or `stat` of `params`' `path`, as `classify` takes it: `Ok(Ok(_))`
+/// on success, `Ok(Err(Target::Other))` when the failure says what `path` is
+/// (`unusable`), `Err` ("cannot {doing} params ...") for any other failure.
+pub fn or_unusable<T>(
+    r: io::Result<T>,
+    path: &str,
+    doing: &str,
+) -> Result<std::result::Result<T, Target>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) => match unusable(&e, path) {
+            Some(what) => Ok(Err(Target::Other { what })),
+            None => Err(anyhow::Error::new(e).context(format!("cannot {doing} params {path:?}"))),
+        },
+    }
+}
+
 /// The platform this binary runs on.
 #[cfg(target_os = "linux")]
 pub type Host = linux::Linux;
