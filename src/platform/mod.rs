@@ -312,3 +312,24 @@ pub fn host() -> Host {
     #[cfg(target_os = "freebsd")]
     return freebsd::FreeBsd::host();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn or_unusable_answers_what_params_is_and_fails_otherwise() {
+        let gone = "/nonexistent-xbh-or-unusable/disk.img";
+        match or_unusable(std::fs::metadata(gone), gone, "stat").unwrap() {
+            Err(Target::Other { what }) => {
+                assert_eq!(what, format!("a path that does not exist ({gone})"))
+            }
+            _ => panic!("a missing path is Target::Other"),
+        }
+        let denied = io::Error::from_raw_os_error(nix::libc::EACCES);
+        let e = or_unusable::<()>(Err(denied), "/x", "open").unwrap_err();
+        assert_eq!(e.to_string(), "cannot open params \"/x\"");
+        assert!(format!("{e:#}").contains("ermission denied"), "{e:#}");
+        assert_eq!(or_unusable(Ok(5), "/x", "stat").unwrap().ok(), Some(5));
+    }
+}

@@ -473,4 +473,29 @@ mod tests {
         assert_eq!(again[0].as_ref().unwrap().as_deref(), Some("v:/a"));
         assert!(xs.read_many(&paths[2..]).iter().all(|r| r.is_ok()));
     }
+
+    #[test]
+    fn encode_frames_and_refuses_oversized_payloads() {
+        let mut next = u32::MAX;
+        let mut out = Vec::new();
+        assert_eq!(
+            encode(&mut next, XS_READ, 7, b"/a\0", &mut out).unwrap(),
+            u32::MAX
+        );
+        assert_eq!(next, 0, "ids wrap");
+        let words: Vec<u32> = out[..HEADER]
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(words, [XS_READ, u32::MAX, 7, 3]);
+        assert_eq!(&out[HEADER..], b"/a\0");
+        let big = vec![b'x'; PAYLOAD_MAX + 1];
+        let e = encode(&mut next, XS_WRITE, 0, &big, &mut out).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            (next, out.len()),
+            (0, HEADER + 3),
+            "nothing used or appended"
+        );
+    }
 }
