@@ -218,6 +218,19 @@ impl Steps {
         self.failed.is_empty()
     }
 
+    /// Deletes the remove record `key` only when every step succeeded (a failed step
+    /// leaves it, so that another remove or `sweep` can find what is left), then
+    /// `finish`es.
+    pub fn finish_remove(mut self, key: &str) -> Result<()> {
+        if self.ok() {
+            self.run(
+                "deleting the remove record",
+                record::delete(key).map_err(Into::into),
+            );
+        }
+        self.finish()
+    }
+
     pub fn finish(self) -> Result<()> {
         if self.failed.is_empty() {
             Ok(())

@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::devnum::DevNum;
 use crate::mountinfo::Mount;
@@ -22,7 +22,7 @@ use crate::record::Record;
 
 use super::{
     Attached, Attachment, Device, FileTarget, Identity, LegacyNodes, Opened, Platform, Target,
-    expand, unusable,
+    expand, or_unusable,
 };
 
 /// FreeBSD device numbers are opaque 64-bit ids (devfs gives majors no meaning), so they
@@ -95,12 +95,9 @@ impl Platform for FreeBsd {
 
     fn classify(&self, params: &str) -> Result<Target> {
         let path = expand(params);
-        let meta = match fs::metadata(&path) {
+        let meta = match or_unusable(fs::metadata(&path), &path, "stat")? {
             Ok(m) => m,
-            Err(e) => match unusable(&e, &path) {
-                Some(what) => return Ok(Target::Other { what }),
-                None => return Err(e).with_context(|| format!("cannot stat params {path:?}")),
-            },
+            Err(other) => return Ok(other),
         };
         let Some(ident) = identity_of(&meta) else {
             return Ok(Target::Other {

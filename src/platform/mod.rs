@@ -315,6 +315,23 @@ pub fn unusable(e: &io::Error, path: &str) -> Option<String> {
     Some(format!("{what} ({path})"))
 }
 
+/// `r`, the opening or `stat` of `params`' `path`, as `classify` takes it: `Ok(Ok(_))`
+/// on success, `Ok(Err(Target::Other))` when the failure says what `path` is
+/// (`unusable`), `Err` ("cannot {doing} params ...") for any other failure.
+pub fn or_unusable<T>(
+    r: io::Result<T>,
+    path: &str,
+    doing: &str,
+) -> Result<std::result::Result<T, Target>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) => match unusable(&e, path) {
+            Some(what) => Ok(Err(Target::Other { what })),
+            None => Err(anyhow::Error::new(e).context(format!("cannot {doing} params {path:?}"))),
+        },
+    }
+}
+
 /// The platform this binary runs on.
 #[cfg(target_os = "linux")]
 pub type Host = linux::Linux;
@@ -339,4 +356,25 @@ pub fn host() -> Host {
     return netbsd::NetBsd::new(netbsd::Kernel);
     #[cfg(target_os = "freebsd")]
     return freebsd::FreeBsd::host();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn or_unusable_answers_what_params_is_and_fails_otherwise() {
+        let gone = "/nonexistent-xbh-or-unusable/disk.img";
+        match or_unusable(std::fs::metadata(gone), gone, "stat").unwrap() {
+            Err(Target::Other { what }) => {
+                assert_eq!(what, format!("a path that does not exist ({gone})"))
+            }
+            _ => panic!("a missing path is Target::Other"),
+        }
+        let denied = io::Error::from_raw_os_error(nix::libc::EACCES);
+        let e = or_unusable::<()>(Err(denied), "/x", "open").unwrap_err();
+        assert_eq!(e.to_string(), "cannot open params \"/x\"");
+        assert!(format!("{e:#}").contains("ermission denied"), "{e:#}");
+        assert_eq!(or_unusable(Ok(5), "/x", "stat").unwrap().ok(), Some(5));
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::time::Instant;
 
-use crate::xs::txn::STATE_CLOSING;
+use crate::xs::txn::wait_over;
 use crate::xs::{DaemonErrno, Gone, Op, Report, Result, Store, StoreError, WaitError};
 
 #[derive(Default)]
@@ -168,15 +168,8 @@ impl Store for MemStore {
                 }
                 None => None,
             };
-            match last {
-                Some(s) if s >= STATE_CLOSING => {
-                    return Err(WaitError::Gone(Gone {
-                        dir: dir.to_string(),
-                        state: Some(s),
-                    }));
-                }
-                Some(s) if s >= wanted => return Ok(s),
-                _ => {}
+            if let Some(over) = wait_over(dir, last, wanted) {
+                return over;
             }
             let Some((path, value)) = self.later.borrow_mut().pop_front() else {
                 return Err(WaitError::Deadline {

@@ -31,6 +31,35 @@ const MAX_CONNS: usize = 4;
 /// A batch smaller than this stays on the first connection.
 const PER_EXTRA_CONN: usize = 2 * WINDOW;
 
+/// Appends one request of type `ty` in transaction `tx` (0: none) to `out`, framed as
+/// xs_wire.h's `struct xsd_sockmsg` (type, request id, tx id, length; little-endian u32s)
+/// and its payload; the id is `*next_id`, which then moves on (wrapping). A payload over
+/// `PAYLOAD_MAX` is an `InvalidData` error, with nothing appended and no id used.
+pub(crate) fn encode(
+    next_id: &mut u32,
+    ty: u32,
+    tx: u32,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<u32> {
+    if payload.len() > PAYLOAD_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "request of {} bytes is over xenstore's {PAYLOAD_MAX}",
+                payload.len()
+            ),
+        ));
+    }
+    let id = *next_id;
+    *next_id = next_id.wrapping_add(1);
+    for v in [ty, id, tx, payload.len() as u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(payload);
+    Ok(id)
+}
+
 /// One connection: requests out, replies in, matched by request id.
 struct Conn {
     sock: UnixStream,
@@ -58,22 +87,7 @@ impl Conn {
 
     /// Appends one request to `out`, returning its id.
     fn encode(&mut self, ty: u32, payload: &[u8], out: &mut Vec<u8>) -> io::Result<u32> {
-        if payload.len() > PAYLOAD_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "request of {} bytes is over xenstore's {PAYLOAD_MAX}",
-                    payload.len()
-                ),
-            ));
-        }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        for v in [ty, id, 0, payload.len() as u32] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(payload);
-        Ok(id)
+        encode(&mut self.next_id, ty, 0, payload, out)
     }
 
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -458,5 +472,30 @@ mod tests {
         let again = xs.read_many(&["/a".to_string()]);
         assert_eq!(again[0].as_ref().unwrap().as_deref(), Some("v:/a"));
         assert!(xs.read_many(&paths[2..]).iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn encode_frames_and_refuses_oversized_payloads() {
+        let mut next = u32::MAX;
+        let mut out = Vec::new();
+        assert_eq!(
+            encode(&mut next, XS_READ, 7, b"/a\0", &mut out).unwrap(),
+            u32::MAX
+        );
+        assert_eq!(next, 0, "ids wrap");
+        let words: Vec<u32> = out[..HEADER]
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(words, [XS_READ, u32::MAX, 7, 3]);
+        assert_eq!(&out[HEADER..], b"/a\0");
+        let big = vec![b'x'; PAYLOAD_MAX + 1];
+        let e = encode(&mut next, XS_WRITE, 0, &big, &mut out).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            (next, out.len()),
+            (0, HEADER + 3),
+            "nothing used or appended"
+        );
     }
 }

@@ -36,7 +36,7 @@ use anyhow::{Context, Result, anyhow};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::pipeline::{
-    HEADER, PAYLOAD_MAX, REPLY_MAX, Reply, XS_DIRECTORY, XS_READ, XS_WATCH_EVENT, path_payload,
+    HEADER, REPLY_MAX, Reply, XS_DIRECTORY, XS_READ, XS_WATCH_EVENT, encode, path_payload,
     payload_of,
 };
 use super::{Op, StoreError, list_result, read_result};
@@ -156,22 +156,8 @@ impl Wire {
     }
 
     fn send(&mut self, ty: u32, tx: u32, payload: &[u8]) -> io::Result<u32> {
-        if payload.len() > PAYLOAD_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "request of {} bytes is over xenstore's {PAYLOAD_MAX}",
-                    payload.len()
-                ),
-            ));
-        }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
         let mut out = Vec::with_capacity(HEADER + payload.len());
-        for v in [ty, id, tx, payload.len() as u32] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(payload);
+        let id = encode(&mut self.next_id, ty, tx, payload, &mut out)?;
         // One write per message: the xenbus device parses a message only once it is whole,
         // and a write of header and payload together never interleaves with another.
         self.link.write_all(&out)?;
@@ -559,6 +545,25 @@ impl XsTxn {
     }
 }
 
+/// Whether a wait in `dir` for the backend state `wanted` is over at the state `last`
+/// (`None`: no `state` node yet): `Ok` with the state at `wanted` or later before
+/// Closing (5), [`WaitError::Gone`] at Closing or later (xenbus.h `XenbusStateClosing`),
+/// `None` while it goes on. The one rule of `wait_for_state` and of the test store's.
+pub(crate) fn wait_over(
+    dir: &str,
+    last: Option<u32>,
+    wanted: u32,
+) -> Option<Result<u32, WaitError>> {
+    match last {
+        Some(s) if s >= STATE_CLOSING => Some(Err(WaitError::Gone(Gone {
+            dir: dir.to_string(),
+            state: Some(s),
+        }))),
+        Some(s) if s >= wanted => Some(Ok(s)),
+        _ => None,
+    }
+}
+
 fn wait_loop(wire: &mut Wire, dir: &str, wanted: u32, deadline: Instant) -> Result<u32, WaitError> {
     let state_path = format!("{dir}/state");
     loop {
@@ -583,15 +588,8 @@ fn wait_loop(wire: &mut Wire, dir: &str, wanted: u32, deadline: Instant) -> Resu
                 None
             }
         };
-        match last {
-            Some(s) if s >= STATE_CLOSING => {
-                return Err(WaitError::Gone(Gone {
-                    dir: dir.to_string(),
-                    state: Some(s),
-                }));
-            }
-            Some(s) if s >= wanted => return Ok(s),
-            _ => {}
+        if let Some(over) = wait_over(dir, last, wanted) {
+            return over;
         }
         let fired = wire
             .event(deadline)

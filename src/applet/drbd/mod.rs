@@ -204,11 +204,5 @@ pub fn remove(be: &Backend) -> Result<()> {
         }
     })();
     steps.run(&format!("demoting DRBD resource {r}"), r2);
-    if steps.ok() {
-        steps.run(
-            "deleting the remove record",
-            record::delete(&key).map_err(Into::into),
-        );
-    }
-    steps.finish()
+    steps.finish_remove(&key)
 }

@@ -487,13 +487,7 @@ pub fn remove(be: &Backend) -> Result<()> {
         };
         steps.run(&format!("logging out of {iqn} at {portal}"), r);
     }
-    if steps.ok() {
-        steps.run(
-            "deleting the remove record",
-            record::delete(&key).map_err(Into::into),
-        );
-    }
-    steps.finish()
+    steps.finish_remove(&key)
 }
 
 /// Without a sid (an add killed between login and record, or an attach by the shell

@@ -218,13 +218,7 @@ pub fn remove(be: &Backend) -> Result<()> {
         Err(e) => Err(e),
     };
     steps.run(&format!("disconnecting {device}"), r);
-    if steps.ok() {
-        steps.run(
-            "deleting the remove record",
-            record::delete(&key).map_err(Into::into),
-        );
-    }
-    steps.finish()
+    steps.finish_remove(&key)
 }
 
 /// Whether `nbd<index>` is still the connection the record describes.

@@ -20,7 +20,7 @@ use crate::record::{self, Record};
 
 use super::{
     Attached, Attachment, Device, FileTarget, Identity, LeaseDisk, LegacyNodes, Opened, Platform,
-    TakenLease, Target, expand, unusable,
+    TakenLease, Target, expand, or_unusable,
 };
 use crate::lease;
 use crate::mode::Mode;
@@ -95,16 +95,13 @@ fn open_target(params: &str) -> Result<Target> {
     if path.contains('\0') {
         bail!("params {params:?} contains a NUL byte");
     }
-    let fd = match OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_PATH | nix::libc::O_NOCTTY)
-        .open(&path)
-    {
+        .open(&path);
+    let fd = match or_unusable(opened, &path, "open")? {
         Ok(f) => f,
-        Err(e) => match unusable(&e, &path) {
-            Some(what) => return Ok(Target::Other { what }),
-            None => return Err(e).with_context(|| format!("cannot open params {path:?}")),
-        },
+        Err(other) => return Ok(other),
     };
     let meta = fd
         .metadata()

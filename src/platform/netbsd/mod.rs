@@ -325,7 +325,7 @@ mod kernel {
     use anyhow::{Context, Result, bail};
     use nix::libc;
 
-    use super::super::{Device, FileTarget, Identity, Target, bsd, expand, unusable};
+    use super::super::{Device, FileTarget, Identity, Target, bsd, expand, or_unusable};
     use super::vnd::{self as nb, VndUser};
     use crate::devnum::DevNum;
     use crate::log;
@@ -419,12 +419,9 @@ mod kernel {
 
     fn classify(params: &str) -> Result<Target> {
         let path = expand(params);
-        let meta = match fs::metadata(&path) {
+        let meta = match or_unusable(fs::metadata(&path), &path, "stat")? {
             Ok(m) => m,
-            Err(e) => match unusable(&e, &path) {
-                Some(what) => return Ok(Target::Other { what }),
-                None => return Err(e).with_context(|| format!("cannot stat params {path:?}")),
-            },
+            Err(other) => return Ok(other),
         };
         let real = fs::canonicalize(&path)
             .ok()
