@@ -765,6 +765,21 @@ fn probe_guard(lib: &Sanlock, client: &Client, lf: &LeaseFile) -> Result<Option<
     }
 }
 
+/// The VMs host `h` says it holds the lease for, given up to a second to appear: a holder
+/// publishes them just after sanlock grants its lease (`acquire`), so a refusal racing that
+/// grant would otherwise name no VM. Units: polls every 50 ms, 1 s at most; only on the
+/// refusal path.
+fn owner_vms_settled(lf: &LeaseFile, h: u64) -> Vec<String> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let vms = lf.owner_vms(h);
+        if !vms.is_empty() || std::time::Instant::now() >= until {
+            return vms;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// "host 2 (VM 1234...)" for each holder.
 pub fn describe_holders(lf: &LeaseFile, hosts: &[u64]) -> String {
     if hosts.is_empty() {
@@ -772,7 +787,7 @@ pub fn describe_holders(lf: &LeaseFile, hosts: &[u64]) -> String {
     }
     hosts
         .iter()
-        .map(|h| match lf.owner_vms(*h).as_slice() {
+        .map(|h| match owner_vms_settled(lf, *h).as_slice() {
             [] => format!("host id {h} (VM unknown)"),
             vms => format!("host id {h} (VM {})", vms.join(", VM ")),
         })
