@@ -27,6 +27,8 @@ fn main() -> std::io::Result<()> {
     commands(&cmd, &mut page)?;
     page.write_all(SECTIONS.as_bytes())?;
     man.render_version_section(&mut page)?;
+    // clap_mangen copies help text as is: `code` in argument help would show its backticks.
+    let page = code_as_bold(&String::from_utf8_lossy(&page)).into_bytes();
     match std::env::args_os().nth(1) {
         Some(path) => std::fs::write(path, page),
         None => std::io::stdout().write_all(&page),
@@ -107,4 +109,26 @@ fn roff_escape(s: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Each line's paired backticks (`code` in clap's help) as bold; a line with an odd count is
+/// left as it is (a literal backtick).
+fn code_as_bold(page: &str) -> String {
+    let mut out = String::with_capacity(page.len());
+    for line in page.split_inclusive('\n') {
+        if line.matches('`').count() % 2 == 1 {
+            out.push_str(line);
+            continue;
+        }
+        for (i, part) in line.split('`').enumerate() {
+            if i % 2 == 1 {
+                out.push_str("\\fB");
+                out.push_str(part);
+                out.push_str("\\fR");
+            } else {
+                out.push_str(part);
+            }
+        }
+    }
+    out
 }

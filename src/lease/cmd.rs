@@ -91,6 +91,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 );
                 return Ok(());
             }
+            if !lib.daemon_listening() {
+                bail!(
+                    "cannot join lockspace {}: the sanlock daemon is not running (no socket in {})",
+                    c.lockspace,
+                    sanlock::run_dir()
+                );
+            }
             let t0 = Instant::now();
             lib.add_lockspace(&mut ls, c.io_timeout)?;
             lib.set_used_by_orphans(&c.lockspace)?;
@@ -235,6 +242,20 @@ fn identify(disk: &str) -> Result<Identity> {
 
 fn status(c: &Config, json: bool, disk: Option<&str>) -> Result<()> {
     let lib = lib()?;
+    // What cannot be checked is an error, never "free": a cluster safety answer needs the
+    // daemon and the shared storage.
+    if !lib.daemon_listening() {
+        bail!(
+            "the sanlock daemon is not running (no socket in {})",
+            sanlock::run_dir()
+        );
+    }
+    if !c.dir.is_dir() {
+        bail!(
+            "LEASE_DIR {} is not a directory (is the shared storage mounted?)",
+            c.dir.display()
+        );
+    }
     let mut ls = lockspace(c)?;
     let joined = match lib.inq_lockspace(&mut ls) {
         0 => "joined",

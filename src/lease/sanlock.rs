@@ -283,14 +283,26 @@ impl Sanlock {
         })
     }
 
+    /// Whether the daemon accepts connections on its socket (`run_dir()/sanlock.sock`; a
+    /// stopped daemon leaves the file behind): without it every request fails with ENOENT
+    /// or ECONNREFUSED, which `inq_lockspace` would report as "not joined".
+    pub fn daemon_listening(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(
+            std::path::Path::new(&run_dir()).join("sanlock.sock"),
+        )
+        .is_ok()
+    }
+
     /// Registers this process with the daemon: leases acquired on the returned connection
     /// belong to this process (persistent ones become the host's orphans when it exits).
     pub fn register(&self) -> std::result::Result<Client<'_>, Error> {
         // SAFETY: no arguments; returns a new socket fd or a negative code.
         let fd = unsafe { (self.register)() };
         self.check(fd, || {
-            let dir = std::env::var("SANLOCK_RUN_DIR").unwrap_or_else(|_| "/run/sanlock".into());
-            format!("cannot reach the sanlock daemon (socket in {dir}): is it running?")
+            format!(
+                "cannot reach the sanlock daemon (socket in {}): is it running?",
+                run_dir()
+            )
         })?;
         // SAFETY: a fresh fd that we alone own from here on.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -473,4 +485,9 @@ mod tests {
         assert!(Disk::new(Path::new(&long), 0).is_err());
         assert!(Disk::new(Path::new(&long[..1023]), 0).is_ok());
     }
+}
+
+/// Where the daemon's socket is: `$SANLOCK_RUN_DIR`, else `/run/sanlock` (libsanlock's rule).
+pub fn run_dir() -> String {
+    std::env::var("SANLOCK_RUN_DIR").unwrap_or_else(|_| "/run/sanlock".into())
 }

@@ -648,6 +648,15 @@ fn sanlock_unavailable_is_an_error_and_attaches_nothing() {
     // The daemon is down.
     h.stop_daemon();
     check(h, "cannot reach the sanlock daemon");
+    // ... and the commands say so instead of "not joined" or a disk being "free".
+    for args in [&["status"][..], &["status", "--json", p], &["join"]] {
+        let r = h.lease(args);
+        assert_eq!(r.0, 1, "{args:?}: {r:?}");
+        assert!(
+            r.2.contains("sanlock daemon is not running"),
+            "{args:?}: {r:?}"
+        );
+    }
     // Lease storage that cannot be used: the disk's lease file is not a lease.
     h.start_daemon();
     let r = h.lease(&["join"]);
