@@ -462,6 +462,11 @@ impl Client<'_> {
     }
 }
 
+/// Where the daemon's socket is: `$SANLOCK_RUN_DIR`, else `/run/sanlock` (libsanlock's rule).
+pub fn run_dir() -> String {
+    std::env::var("SANLOCK_RUN_DIR").unwrap_or_else(|_| "/run/sanlock".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,9 +490,4 @@ mod tests {
         assert!(Disk::new(Path::new(&long), 0).is_err());
         assert!(Disk::new(Path::new(&long[..1023]), 0).is_ok());
     }
-}
-
-/// Where the daemon's socket is: `$SANLOCK_RUN_DIR`, else `/run/sanlock` (libsanlock's rule).
-pub fn run_dir() -> String {
-    std::env::var("SANLOCK_RUN_DIR").unwrap_or_else(|_| "/run/sanlock".into())
 }
